@@ -1,0 +1,3 @@
+"""diag: training-free, in-distribution defect image generation (DIAG) for visual inspection."""
+
+__version__ = "0.1.0"

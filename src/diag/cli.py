@@ -1,0 +1,51 @@
+"""``diag <command>``: the command line.
+
+Each command lives in its own module under :mod:`diag.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning an exit code. Adding a command means adding a module there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from diag import __version__, commands
+from diag.errors import DiagError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diag",
+        description="Training-free defect image generation for visual inspection, "
+                    "with baselines, a defect classifier and fidelity metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"diag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"diag.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DiagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return DiagError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

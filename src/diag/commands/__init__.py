@@ -1,0 +1,1 @@
+"""One module per ``diag`` sub-command; each defines ``register(subparsers)``."""

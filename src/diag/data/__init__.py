@@ -1,0 +1,6 @@
+"""Datasets: every layout is read into one list of :class:`Sample`."""
+
+from diag.data.layouts import READERS, counts, describe, detect_layout, load_dataset
+from diag.data.sample import Sample
+
+__all__ = ["READERS", "Sample", "counts", "describe", "detect_layout", "load_dataset"]

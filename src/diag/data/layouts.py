@@ -1,0 +1,250 @@
+"""Readers for the dataset layouts users bring, all producing :class:`~diag.data.Sample` lists.
+
+>>> from diag.data import load_dataset
+>>> samples = load_dataset("magnetic-tile", "../shared/data/magnetic_tile", split="train")  # doctest: +SKIP
+>>> sum(s.label for s in samples)  # doctest: +SKIP
+
+Layouts:
+
+``ksdd2``
+    KolektorSDD2: flat ``train/`` and ``test/`` folders of ``<id>.png`` with ``<id>_GT.png``.
+``mvtec``
+    MVTec AD (one category): ``train/good``, ``test/<defect>``,
+    ``ground_truth/<defect>/<stem>_mask.png``.
+``magnetic-tile``
+    ``MT_<Class>/Imgs/<name>.jpg`` with the mask ``<name>.png`` beside it; ``MT_Free`` holds the
+    defect-free images. There is no official split: ``train``/``test`` is a fixed, seeded,
+    per-class split (``test_fraction`` of each class goes to test).
+``folder``
+    Any folder of images, with an optional folder of masks matched by stem plus a suffix
+    (``mask_suffix``, default ``""``). Images without a mask are defect-free.
+``generated``
+    The output folder of ``diag generate`` (read from its manifest).
+
+Labels come from the binary mask (``mask > 127`` has any pixel), never from folder names
+alone, so an empty mask in a defect folder is a negative, and a 1-pixel-wide defect is a
+positive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from diag.data.sample import Sample
+from diag.errors import DiagError, where
+from diag.imageio import IMAGE_SUFFIXES, list_images, read_mask
+
+SPLITS = ("train", "test", "all")
+
+
+def _positive(mask_path: Path | None) -> int:
+    return int(mask_path is not None and bool(read_mask(mask_path).any()))
+
+
+def _check_root(root: Path, layout: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DiagError(f"dataset root {where(root)} does not exist: set dataset.root to the folder "
+                        f"that holds the {layout} data")
+    if not root.is_dir():
+        raise DiagError(f"dataset root {where(root)} is a file, not a folder: point it at the "
+                        f"{layout} dataset folder")
+    return root
+
+
+def _in_test(key: str, test_fraction: float, seed: int) -> bool:
+    """A stable split: hash of (seed, key) decides, independent of file order and machine."""
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < test_fraction
+
+
+def _find_mask(folder: Path, stem: str, suffix: str) -> Path | None:
+    for ext in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
+        p = folder / f"{stem}{suffix}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def read_ksdd2(root: Path, split: str = "train", **_: object) -> list[Sample]:
+    root = _check_root(root, "ksdd2")
+    splits = ["train", "test"] if split == "all" else [split]
+    out: list[Sample] = []
+    for sp in splits:
+        folder = root / sp
+        if not folder.is_dir():
+            raise DiagError(f"ksdd2 layout expects a folder {where(folder)}: the root must hold "
+                            "train/ and test/ with <id>.png and <id>_GT.png")
+        for img in list_images(folder, exclude_suffixes=("_GT",)):
+            mask = _find_mask(folder, img.stem, "_GT")
+            if mask is None:
+                raise DiagError(f"image {where(img)} has no mask {img.stem}_GT.png beside it: "
+                                "ksdd2 needs one mask per image (all black for defect-free)")
+            out.append(Sample(f"{sp}/{img.stem}", img, mask, _positive(mask)))
+    return out
+
+
+def read_mvtec(root: Path, split: str = "train", **_: object) -> list[Sample]:
+    root = _check_root(root, "mvtec")
+    out: list[Sample] = []
+    if split in ("train", "all"):
+        good = root / "train" / "good"
+        if not good.is_dir():
+            raise DiagError(f"mvtec layout expects {where(good)}: point dataset.root at one "
+                            "category folder (e.g. mvtec/bottle)")
+        out += [Sample(f"train/good/{p.stem}", p) for p in list_images(good)]
+    if split in ("test", "all"):
+        test = root / "test"
+        if not test.is_dir():
+            raise DiagError(f"mvtec layout expects {where(test)}: point dataset.root at one "
+                            "category folder (e.g. mvtec/bottle)")
+        for cls in sorted(d for d in test.iterdir() if d.is_dir()):
+            for p in list_images(cls):
+                if cls.name == "good":
+                    out.append(Sample(f"test/good/{p.stem}", p))
+                    continue
+                mask = _find_mask(root / "ground_truth" / cls.name, p.stem, "_mask")
+                if mask is None:
+                    raise DiagError(f"defect image {where(p)} has no mask ground_truth/{cls.name}/"
+                                    f"{p.stem}_mask.png: add it, or move the image out")
+                out.append(Sample(f"test/{cls.name}/{p.stem}", p, mask, _positive(mask), cls.name))
+    return out
+
+
+def read_magnetic_tile(root: Path, split: str = "train", test_fraction: float = 0.3,
+                       split_seed: int = 0, **_: object) -> list[Sample]:
+    root = _check_root(root, "magnetic-tile")
+    class_dirs = sorted(d for d in root.glob("MT_*") if (d / "Imgs").is_dir())
+    if not class_dirs:
+        raise DiagError(f"no MT_<Class>/Imgs folders under {where(root)}: the magnetic-tile layout "
+                        "needs e.g. MT_Free/Imgs and MT_Crack/Imgs")
+    out: list[Sample] = []
+    for d in class_dirs:
+        cls = d.name[3:].lower()
+        imgs = d / "Imgs"
+        for p in sorted(imgs.iterdir()):
+            if p.suffix.lower() not in (".jpg", ".jpeg", ".bmp") or p.name.startswith("."):
+                continue
+            if split != "all" and _in_test(f"{d.name}/{p.stem}", test_fraction, split_seed) != (
+                    split == "test"):
+                continue
+            mask = imgs / f"{p.stem}.png"
+            mask_path = mask if mask.is_file() else None
+            if mask_path is None and cls != "free":
+                raise DiagError(f"defect image {where(p)} has no mask {p.stem}.png beside it: "
+                                "add the mask or move the image to MT_Free")
+            label = _positive(mask_path)
+            out.append(Sample(f"{d.name}/{p.stem}", p, mask_path, label,
+                              cls if label else ""))
+    return out
+
+
+def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | None = None,
+                mask_suffix: str = "", test_fraction: float = 0.3, split_seed: int = 0,
+                **_: object) -> list[Sample]:
+    root = _check_root(root, "folder")
+    img_dir = root / images
+    if not img_dir.is_dir():
+        raise DiagError(f"images folder {where(img_dir)} does not exist: set dataset.images")
+    mask_dir = root / masks if masks else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DiagError(f"masks folder {where(mask_dir)} does not exist: set dataset.masks")
+    exclude = (mask_suffix,) if mask_suffix and (mask_dir is None or mask_dir == img_dir) else ()
+    out: list[Sample] = []
+    for p in list_images(img_dir, exclude_suffixes=exclude):
+        if split != "all" and _in_test(p.stem, test_fraction, split_seed) != (split == "test"):
+            continue
+        mask = _find_mask(mask_dir, p.stem, mask_suffix) if mask_dir is not None else None
+        out.append(Sample(p.stem, p, mask, _positive(mask)))
+    return out
+
+
+def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
+    """Samples of a ``diag generate`` output folder (all positives), in plan order."""
+    from diag.manifest import read_manifest
+
+    root = _check_root(root, "generated")
+    records = read_manifest(root)
+    if not records and not (root / "manifest.jsonl").exists():
+        raise DiagError(f"{where(root)} has no manifest.jsonl: it is not a diag generate output "
+                        "folder (make one with `diag generate SPEC --out DIR`)")
+    out = []
+    for r in records:
+        img, mask = root / r["image"], root / r["mask"]
+        if not img.is_file() or not mask.is_file():
+            continue
+        out.append(Sample(r["id"], img, mask, 1, r.get("defect", ""), meta=r))
+    return out
+
+
+READERS: dict[str, Callable[..., list[Sample]]] = {
+    "ksdd2": read_ksdd2,
+    "mvtec": read_mvtec,
+    "magnetic-tile": read_magnetic_tile,
+    "folder": read_folder,
+    "generated": read_generated,
+}
+
+
+def load_dataset(layout: str, root: str | Path, split: str = "train", **options: object
+                 ) -> list[Sample]:
+    """Read a dataset into a list of samples, sorted by id.
+
+    Args:
+        layout: One of ``ksdd2``, ``mvtec``, ``magnetic-tile``, ``folder``, ``generated``, or
+            ``auto`` (guessed from the folder's contents).
+        root: The dataset folder.
+        split: ``train``, ``test`` or ``all``.
+        **options: Layout options (``test_fraction``, ``split_seed``, ``images``, ``masks``,
+            ``mask_suffix``).
+
+    Raises:
+        DiagError: unknown layout or split, missing folders, or no images found.
+    """
+    if layout == "auto":
+        layout = detect_layout(Path(root))
+    if layout not in READERS:
+        raise DiagError(f"unknown dataset layout '{layout}': use one of {', '.join(READERS)}")
+    if split not in SPLITS:
+        raise DiagError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    samples = READERS[layout](Path(root), split=split, **options)
+    if not samples:
+        raise DiagError(f"no images found in {where(root)} for layout '{layout}', split '{split}': "
+                        f"check dataset.root and dataset.layout (images end in "
+                        f"{', '.join(IMAGE_SUFFIXES)})")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DiagError(f"two images in {where(root)} share the id '{dup}': rename one")
+    return sorted(samples, key=lambda s: s.id)
+
+
+def detect_layout(root: Path) -> str:
+    """Guess a folder's layout from the names inside it."""
+    root = _check_root(root, "dataset")
+    if (root / "manifest.jsonl").is_file() or any(root.glob("manifest-*.jsonl")):
+        return "generated"
+    if any(root.glob("MT_*/Imgs")):
+        return "magnetic-tile"
+    if (root / "train" / "good").is_dir():
+        return "mvtec"
+    if (root / "train").is_dir() and any((root / "train").glob("*_GT.png")):
+        return "ksdd2"
+    return "folder"
+
+
+def counts(samples: list[Sample]) -> dict[str, int]:
+    """Positive and negative counts of a sample list."""
+    pos = int(np.sum([s.label for s in samples]))
+    return {"total": len(samples), "positive": pos, "negative": len(samples) - pos}
+
+
+def describe(samples: list[Sample]) -> str:
+    c = counts(samples)
+    return f"{c['total']} images ({c['positive']} defective, {c['negative']} defect-free)"
+
+

@@ -1,0 +1,14 @@
+"""Defect generators, one module each, all behind :class:`~diag.generators.base.Generator`."""
+
+from diag.generators.base import (
+    GENERATORS,
+    Generator,
+    Request,
+    Result,
+    generator_config,
+    make_generator,
+    register,
+)
+
+__all__ = ["GENERATORS", "Generator", "Request", "Result", "generator_config", "make_generator",
+           "register"]

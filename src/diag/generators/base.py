@@ -1,0 +1,142 @@
+"""The one interface every defect generator obeys.
+
+A generator is built from its :class:`Config` dataclass (every parameter lives in the spec)
+and turns a :class:`Request` (a defect-free image, a region mask, a prompt and a seed) into a
+:class:`Result` (the new image and the binary mask of every pixel it changed). Generators are
+registered by name, so ``generator: {kind: memseg}`` in a spec finds the class.
+
+>>> import numpy as np
+>>> from diag.generators import make_generator, Request
+>>> gen = make_generator("memseg", {})
+>>> img = np.full((64, 64), 128, np.uint8); region = np.zeros((64, 64), bool); region[20:40, 20:40] = True
+>>> res = gen.generate(Request(image=img, region=region, seed=0))
+>>> bool((res.image != img)[~res.mask].any())
+False
+
+Contract (checked by the job runner for every sample):
+
+* ``result.image`` has the shape and dtype of ``request.image`` (grayscale stays ``HxW``).
+* every pixel outside ``result.mask`` equals the source pixel, byte for byte;
+* the same request (same seed) gives the same result on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from diag.data.sample import Sample
+from diag.errors import DiagError
+
+
+@dataclass
+class Request:
+    """What to generate.
+
+    Attributes:
+        image: The defect-free source image, ``uint8`` ``HxW`` or ``HxWx3``.
+        region: Boolean ``HxW`` mask of where the defect goes.
+        seed: Seeds every random choice of the generator for this sample.
+        prompt: Text description of the defect (used by text-guided generators).
+        negative_prompt: What the defect should not look like.
+        donors: Other defect-free images a generator may borrow from (textures, patches).
+        defects: Real defective images a generator may borrow from (copy-paste).
+    """
+
+    image: np.ndarray
+    region: np.ndarray
+    seed: int
+    prompt: str = ""
+    negative_prompt: str = ""
+    donors: Sequence[Sample] = ()
+    defects: Sequence[Sample] = ()
+
+
+@dataclass
+class Result:
+    """What a generator made.
+
+    Attributes:
+        image: The new image, same shape and dtype as the request's.
+        mask: Boolean ``HxW``: every changed pixel is inside it.
+        info: Facts worth recording in the manifest (crop box, texture file, ...).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    """A defect generator: ``Generator(config, device).generate(request) -> Result``."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type]
+    config: Any
+
+    def generate(self, request: Request) -> Result: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the generator for the manifest (kind, model id, revision...)."""
+        ...
+
+
+GENERATORS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a generator available by its ``kind`` name."""
+    GENERATORS[cls.kind] = cls
+    return cls
+
+
+def generator_config(kind: str, params: dict[str, Any], source: str = "spec") -> Any:
+    """Validate generator parameters against the generator's ``Config`` dataclass."""
+    from diag.config import from_dict
+
+    cls = _lookup(kind)
+    return from_dict(cls.Config, params, source, prefix="generator.")
+
+
+def make_generator(kind: str, params: dict[str, Any] | Any | None = None, device: str = "cpu",
+                   source: str = "spec") -> Generator:
+    """Build a registered generator from its name and parameters (dict or Config)."""
+    cls = _lookup(kind)
+    config = params if dataclasses.is_dataclass(params) else generator_config(
+        kind, dict(params or {}), source)
+    return cls(config, device=device)
+
+
+def _lookup(kind: str) -> type:
+    from diag import generators  # noqa: F401  (registers the built-in generators)
+
+    if kind not in GENERATORS:
+        raise DiagError(f"unknown generator kind '{kind}': use one of "
+                        f"{', '.join(sorted(GENERATORS))}")
+    return GENERATORS[kind]
+
+
+def rng_for(seed: int, *stream: int) -> np.random.Generator:
+    """A NumPy generator for one sample (and an optional sub-stream), stable across machines."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF,
+                                                         *stream]))
+
+
+def paste(source: np.ndarray, generated: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Keep ``generated`` inside ``mask`` and ``source`` everywhere else, exactly."""
+    m = mask if source.ndim == 2 else mask[..., None]
+    return np.where(m, generated, source).astype(source.dtype)
+
+
+def blend(source: np.ndarray, other: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Alpha-blend ``other`` over ``source`` (alpha ``HxW`` in [0, 1]); exact where alpha is 0."""
+    a = alpha if source.ndim == 2 else alpha[..., None]
+    out = source.astype(np.float32) * (1.0 - a) + other.astype(np.float32) * a
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return paste(source, out, alpha > 0)
+
+

@@ -1,0 +1,166 @@
+"""Reading and writing images and masks, safely.
+
+Images are returned as ``uint8`` arrays, ``HxW`` for grayscale and ``HxWx3`` for colour; masks
+as ``bool`` arrays ``HxW`` (anything above the threshold is defect). Every write is atomic: the
+file is written beside its target under a temporary name and renamed into place, so a killed
+process never leaves a half-written file behind.
+
+>>> import numpy as np, tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "m.png"
+>>> write_mask(p, np.eye(4, dtype=bool))
+>>> read_mask(p).sum()
+np.int64(4)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from diag.errors import DiagError, where
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_THRESHOLD = 127
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DiagError(f"image file {where(path)} does not exist: check the path or the dataset root")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DiagError(
+            f"cannot read image {where(path)} ({type(exc).__name__}: {exc}): the file is corrupt or "
+            "not an image; replace or remove it"
+        ) from None
+    return img
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    """Convert a PIL image to ``uint8``: ``HxW`` for grayscale modes, ``HxWx3`` otherwise."""
+    if img.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "P") and not _palette_is_colour(img):
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            arr = np.asarray(img, dtype=np.float64)
+            hi = 65535.0 if arr.max() > 255 else 255.0
+            return np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    if img.mode == "LA":
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _palette_is_colour(img: Image.Image) -> bool:
+    if img.mode != "P":
+        return False
+    rgb = np.asarray(img.convert("RGB"))
+    return not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as ``uint8``: ``HxW`` if it is grayscale, ``HxWx3`` otherwise."""
+    return to_array(_open(Path(path)))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Return ``(height, width)`` of an image file without decoding its pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise DiagError(f"image file {where(path)} does not exist: check the path") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DiagError(f"cannot read image {where(path)} ({exc}): replace or remove it") from None
+    return h, w
+
+
+def read_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """Read a mask as a boolean ``HxW`` array: a pixel is defect when its value exceeds threshold.
+
+    Colour masks count a pixel as defect when any channel exceeds the threshold, so thin
+    anti-aliased strokes of any colour survive.
+    """
+    arr = to_array(_open(Path(path)))
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    return arr > threshold
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """Encode a ``uint8`` array (``HxW`` or ``HxWx3``) as PNG bytes, deterministically."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise TypeError(f"expected uint8 image, got {arr.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def write_image(path: str | Path, arr: np.ndarray) -> None:
+    """Write a ``uint8`` image as PNG, atomically."""
+    _atomic_bytes(Path(path), encode_png(arr))
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write a boolean mask as a binary 0/255 single-channel PNG, atomically."""
+    _atomic_bytes(Path(path), encode_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    _atomic_bytes(Path(path), text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON (indented, keys in order given) atomically."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def list_images(folder: Path, exclude_suffixes: Iterable[str] = ()) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name, skipping stems ending in any of
+    ``exclude_suffixes`` (used to skip masks stored beside images)."""
+    excl = tuple(exclude_suffixes)
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            if excl and p.stem.endswith(excl):
+                continue
+            out.append(p)
+    return out
+
+
+def to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Replicate a grayscale image to three channels (colour images pass through)."""
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+
+
+def to_gray(arr: np.ndarray) -> np.ndarray:
+    """Convert an RGB ``uint8`` image to luminance the way Pillow does (ITU-R 601-2)."""
+    if arr.ndim == 2:
+        return arr
+    return np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)
