@@ -12,3 +12,9 @@ from diag.generators.base import (
 
 __all__ = ["GENERATORS", "Generator", "Request", "Result", "generator_config", "make_generator",
            "register"]
+
+# Built-in generators register themselves on import.
+from diag.generators import (
+    diffusion,  # noqa: E402,F401
+    memseg,  # noqa: E402,F401
+)

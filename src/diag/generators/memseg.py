@@ -1,0 +1,109 @@
+"""MemSeg-style defects: a Perlin-noise region filled with a texture, blended into the image.
+
+The paper's baseline (DIAG, Table I), after MemSeg's anomaly simulation (Yang et al., "MemSeg: A
+semi-supervised method for image surface defect detection using differences and commonalities",
+EAAI 2023, Sec. 3.2): a Perlin noise map is thresholded into a mask ``M``; a texture ``I_n``
+(from a texture folder such as DTD, or a "structural" texture made by mirroring and shuffling a
+4x4 grid of the image itself) fills it, blended with opacity ``delta``:
+``I_a = (1 - M) * I + M * (delta * I_n + (1 - delta) * I)``, ``delta ~ U[0.15, 1]``.
+
+>>> import numpy as np
+>>> from diag.generators import make_generator, Request
+>>> gen = make_generator("memseg", {"opacity": [0.5, 0.5]})
+>>> img = np.full((64, 64), 100, np.uint8)
+>>> out = gen.generate(Request(image=img, region=None, seed=3))
+>>> out.image.shape, out.mask.dtype
+((64, 64), dtype('bool'))
+
+When the spec gives a region, the defect fills exactly that region (so methods can be compared
+on the same masks); with ``perlin_in_region: true`` it is the Perlin blobs inside the region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from diag.errors import DiagError
+from diag.generators.base import Request, Result, blend, register, rng_for
+from diag.generators.perlin import perlin_mask
+from diag.generators.textures import jitter, pick_texture, texture_files
+
+
+@dataclass
+class MemSegConfig:
+    """Parameters of the MemSeg-style generator.
+
+    Attributes:
+        textures: Folder of texture images (DTD in the paper); empty uses ``texture_source``.
+        texture_source: ``auto`` (folder, else donors, else structure), ``folder``,
+            ``donors`` (other defect-free images) or ``structure`` (the image, shuffled).
+        opacity: Range of the texture's blending factor ``delta`` (MemSeg: 0.15 to 1).
+        perlin_scale: Range of the Perlin lattice exponent: scale ``2**k``, larger = finer.
+        threshold: Perlin threshold; higher gives smaller blobs (MemSeg/DRAEM: 0.5).
+        perlin_in_region: With a spec region, use only the Perlin blobs inside it.
+        jitter: Strength of random brightness/contrast/gamma changes of the texture.
+        max_tries: Redraws of the Perlin mask before falling back to the whole region.
+    """
+
+    textures: str | None = None
+    texture_source: str = "auto"
+    opacity: tuple[float, float] = (0.15, 1.0)
+    perlin_scale: tuple[int, int] = (0, 6)
+    threshold: float = 0.5
+    perlin_in_region: bool = False
+    jitter: float = 0.3
+    max_tries: int = 10
+
+    def validate(self, source: str, prefix: str) -> None:
+        lo, hi = self.opacity
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise DiagError(f"{source}: {prefix}opacity must be a range within [0, 1], "
+                            f"got {list(self.opacity)}")
+        if not 0 <= self.perlin_scale[0] < self.perlin_scale[1] <= 10:
+            raise DiagError(f"{source}: {prefix}perlin_scale must be [min, max) with "
+                            f"0 <= min < max <= 10, got {list(self.perlin_scale)}")
+
+
+@register
+class MemSegGenerator:
+    """Perlin region + texture, the MemSeg-style baseline of the DIAG paper."""
+
+    kind: ClassVar[str] = "memseg"
+    Config: ClassVar[type] = MemSegConfig
+
+    def __init__(self, config: MemSegConfig, device: str = "cpu") -> None:
+        self.config = config
+        self._files = texture_files(config.textures) if config.textures else []
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": self.kind, "model": None, "textures": self.config.textures}
+
+    def _mask(self, shape: tuple[int, int], region: np.ndarray | None,
+              rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        if region is not None and not c.perlin_in_region:
+            return region.copy()
+        for _ in range(c.max_tries):
+            m = perlin_mask(shape, rng, c.perlin_scale[0], c.perlin_scale[1], c.threshold)
+            if region is not None:
+                m &= region
+            if m.any():
+                return m
+        if region is not None:
+            return region.copy()
+        raise DiagError("memseg could not draw a non-empty Perlin mask: lower generator.threshold")
+
+    def generate(self, request: Request) -> Result:
+        c = self.config
+        rng = rng_for(request.seed)
+        mask = self._mask(request.image.shape[:2], request.region, rng)
+        texture, origin = pick_texture(request.image, rng, self._files, request.donors,
+                                       c.texture_source)
+        if c.jitter > 0:
+            texture = jitter(texture, rng, c.jitter)
+        delta = float(rng.uniform(*c.opacity))
+        out = blend(request.image, texture, mask.astype(np.float32) * delta)
+        return Result(out, mask, {"texture": origin, "opacity": round(delta, 4)})

@@ -1,0 +1,116 @@
+"""The manifest of a generate run: one JSON line per finished sample.
+
+A run writes ``OUT/manifest.jsonl`` (or ``OUT/manifest-<i>-of-<n>.jsonl`` per shard). A line
+is appended, flushed and synced only after the sample's image and mask are safely on disk, so
+the manifest never names a file that is not there. A torn last line (process killed while
+writing) is ignored on reading and cut away before appending again.
+
+>>> import tempfile, pathlib
+>>> out = pathlib.Path(tempfile.mkdtemp())
+>>> with ManifestWriter(out / "manifest.jsonl") as w:
+...     w.append({"id": "a", "index": 0})
+>>> [r["id"] for r in read_manifest(out)]
+['a']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+MANIFEST = "manifest.jsonl"
+SHARD_RE = re.compile(r"^manifest-(\d+)-of-(\d+)\.jsonl$")
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    """``manifest.jsonl`` for a whole run, ``manifest-<i>-of-<n>.jsonl`` for a shard."""
+    return MANIFEST if shard is None or shard[1] == 1 else f"manifest-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Valid records of one manifest file, and the byte length of its valid prefix."""
+    records: list[dict[str, Any]] = []
+    good = 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # torn last line: no newline was written
+        line = data[pos:end].strip()
+        pos = end + 1
+        if not line:
+            good = pos
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(rec, dict) and "id" in rec:
+            records.append(rec)
+        good = pos
+    return records, good
+
+
+def manifest_files(out: Path) -> list[Path]:
+    out = Path(out)
+    files = [out / MANIFEST] if (out / MANIFEST).is_file() else []
+    files += sorted(p for p in out.glob("manifest-*-of-*.jsonl") if SHARD_RE.match(p.name))
+    return files
+
+
+def read_manifest(out: str | Path) -> list[dict[str, Any]]:
+    """All records of a run folder (whole-run and shard manifests), one per id, in plan order."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for path in manifest_files(Path(out)):
+        for rec in _read_lines(path)[0]:
+            by_id[rec["id"]] = rec
+    return sorted(by_id.values(), key=lambda r: (r.get("index", 0), r["id"]))
+
+
+class ManifestWriter:
+    """Appends records durably; repairs a torn tail left by a killed process first."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            _, good = _read_lines(self.path)
+            if good != self.path.stat().st_size:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(good)
+        self._fh = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._fh.write((json.dumps(record, sort_keys=False, default=str) + "\n").encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def merge_manifests(out: str | Path) -> Path:
+    """Write every record of a folder into ``manifest.jsonl`` in plan order (atomic)."""
+    from diag.imageio import write_text
+
+    out = Path(out)
+    records = read_manifest(out)
+    text = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    write_text(out / MANIFEST, text)
+    for p in manifest_files(out):
+        if p.name != MANIFEST:
+            p.unlink()
+    return out / MANIFEST

@@ -1,0 +1,235 @@
+"""The defect spec: what to generate, where, with which generator, from which images.
+
+A spec is a YAML file (see ``examples/magnetic_tile.yaml``)::
+
+    dataset: {layout: magnetic-tile, root: path/to/data, split: train}   # negatives come from here
+    regions: {source: real-masks, flip: true}                            # where defects go
+    defects:
+      - {name: crack, prompt: "a thin dark crack in the ceramic surface",
+         negative_prompt: "smooth, plain, black, dark, shadow", count: 50}
+    generator: {kind: diffusion, model: diffusers/stable-diffusion-xl-1.0-inpainting-0.1,
+                steps: 30, guidance_scale: 20, strength: 0.99}
+    seed: 0
+
+>>> spec = parse_spec({"dataset": {"root": "data"}, "defects": [{"name": "crack", "count": 2}],
+...                    "generator": {"kind": "memseg"}})
+>>> spec.generator.kind, spec.total
+('memseg', 2)
+
+Every field is validated: an unknown key, a wrong type or a bad value gives one line naming the
+spec file and the field. ``--set generator.steps=10`` overrides apply before validation. Paths
+in the spec are relative to the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diag.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from diag.data.layouts import READERS, SPLITS
+from diag.errors import DiagError
+from diag.regions import RegionSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class DatasetSpec:
+    """Where the defect-free images (and real masks) come from.
+
+    Attributes:
+        root: Dataset folder.
+        layout: ksdd2, mvtec, magnetic-tile, folder, or auto.
+        split: train, test or all (generate from training images only, to keep test honest).
+        test_fraction: For layouts without an official split: share of images held out.
+        split_seed: Seed of that split.
+        images: folder layout: image subfolder.
+        masks: folder layout: mask subfolder (None: no masks, all images defect-free).
+        mask_suffix: folder layout: mask file stem = image stem + this suffix.
+    """
+
+    root: str
+    layout: str = "auto"
+    split: str = "train"
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    images: str = "."
+    masks: str | None = None
+    mask_suffix: str = ""
+
+    def validate(self, source: str, prefix: str) -> None:
+        if self.layout != "auto" and self.layout not in READERS:
+            raise DiagError(f"{source}: {prefix}layout is '{self.layout}', expected one of auto, "
+                            f"{', '.join(READERS)}")
+        if self.split not in SPLITS:
+            raise DiagError(f"{source}: {prefix}split is '{self.split}', expected one of "
+                            f"{', '.join(SPLITS)}")
+        if not 0 <= self.test_fraction < 1:
+            raise DiagError(f"{source}: {prefix}test_fraction must be in [0, 1)")
+
+    def options(self) -> dict[str, Any]:
+        return {"test_fraction": self.test_fraction, "split_seed": self.split_seed,
+                "images": self.images, "masks": self.masks, "mask_suffix": self.mask_suffix}
+
+
+@dataclass
+class DefectSpec:
+    """One defect type: its name (used in file names), text prompts, and how many to make."""
+
+    name: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    count: int = 10
+
+    def validate(self, source: str, prefix: str) -> None:
+        if not NAME_RE.match(self.name):
+            raise DiagError(f"{source}: {prefix}name '{self.name}' must be letters, digits, "
+                            "'_', '-' or '.' (it names output files)")
+        if self.count < 0:
+            raise DiagError(f"{source}: {prefix}count must be >= 0")
+
+
+@dataclass
+class GeneratorSpec:
+    """Which generator and its parameters (validated by the generator's own Config)."""
+
+    kind: str
+    params: Any
+
+
+@dataclass
+class Spec:
+    """A whole generate spec. Build it with :func:`load_spec` or :func:`parse_spec`."""
+
+    dataset: DatasetSpec
+    defects: list[DefectSpec]
+    generator: GeneratorSpec
+    regions: RegionSpec | None = None
+    seed: int = 0
+    device: str = "auto"
+    source: str = "spec"
+
+    @property
+    def total(self) -> int:
+        return sum(d.count for d in self.defects)
+
+    def to_dict(self) -> dict[str, Any]:
+        from diag.config import to_dict
+
+        return {
+            "dataset": to_dict(self.dataset),
+            "regions": to_dict(self.regions) if self.regions else None,
+            "defects": to_dict(self.defects),
+            "generator": {"kind": self.generator.kind, **to_dict(self.generator.params)},
+            "seed": self.seed,
+            "device": self.device,
+        }
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+
+TOP_LEVEL = ("dataset", "regions", "defects", "generator", "seed", "device")
+
+
+def parse_spec(data: dict[str, Any], source: str = "spec") -> Spec:
+    """Validate a spec mapping (paths are taken as given: relative to the working folder)."""
+    from diag.generators.base import generator_config
+
+    unknown = [k for k in data if k not in TOP_LEVEL]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], TOP_LEVEL, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(TOP_LEVEL)}"
+        raise DiagError(f"{source}: unknown field '{unknown[0]}'{hint}")
+    if "dataset" not in data:
+        raise DiagError(f"{source}: missing the dataset section (dataset: {{layout: ..., "
+                        "root: ...}})")
+    dataset = from_dict(DatasetSpec, data["dataset"], source, "dataset.")
+    defects_raw = data.get("defects")
+    if not isinstance(defects_raw, list) or not defects_raw:
+        raise DiagError(f"{source}: defects must be a non-empty list of {{name, prompt, count}} "
+                        "entries")
+    defects = [from_dict(DefectSpec, d, source, f"defects[{i}].") for i, d in
+               enumerate(defects_raw)]
+    names = [d.name for d in defects]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise DiagError(f"{source}: two defects are named '{dup}': names must be unique")
+    regions = None
+    if data.get("regions") is not None:
+        regions = from_dict(RegionSpec, data["regions"], source, "regions.")
+    gen_raw = data.get("generator") or {}
+    if not isinstance(gen_raw, dict):
+        raise DiagError(f"{source}: generator must be a mapping with a kind (diffusion, memseg...)")
+    gen_raw = dict(gen_raw)
+    kind = str(gen_raw.pop("kind", "diffusion"))
+    gen_raw, ignored = _own_params(kind, gen_raw)
+    if ignored:
+        import sys
+
+        print(f"note: {source}: generator {kind} ignores {', '.join(ignored)} (parameters of "
+              "other generators)", file=sys.stderr)
+    try:
+        params = generator_config(kind, gen_raw, source)
+    except DiagError as exc:
+        raise DiagError(f"{source}: {exc}" if not str(exc).startswith(source) else str(exc)
+                        ) from None
+    seed = from_dict(_Seed, {"seed": data.get("seed", 0)}, source).seed
+    device = str(data.get("device", "auto"))
+    return Spec(dataset, defects, GeneratorSpec(kind, params), regions, seed, device, source)
+
+
+def _own_params(kind: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split generator parameters into this generator's and those only other generators know,
+    so that ``--set generator.kind=memseg`` works on a diffusion spec; typos still fail."""
+    import dataclasses
+
+    from diag.generators.base import GENERATORS, _lookup
+
+    cls = _lookup(kind)
+    own = {f.name for f in dataclasses.fields(cls.Config)}
+    others = {f.name for c in GENERATORS.values() for f in dataclasses.fields(c.Config)} - own
+    keep = {k: v for k, v in params.items() if k.replace("-", "_") not in others}
+    return keep, sorted(k for k in params if k not in keep)
+
+
+@dataclass
+class _Seed:
+    seed: int = 0
+
+
+def _resolve(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the spec's relative paths relative to ``base`` (the spec file's folder), in place.
+
+    Model ids stay as they are unless they name an existing folder or start with ``.``."""
+    for section, key in (("dataset", "root"), ("regions", "path"), ("generator", "model"),
+                         ("generator", "textures")):
+        node = data.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(key), str) or not node[key]:
+            continue
+        value = node[key]
+        if key == "model" and not (value.startswith((".", "~")) or (base / value).exists()):
+            continue
+        node[key] = _resolve(value, base)
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read and validate a spec file; paths in it are relative to its folder, paths in
+    ``overrides`` (``key=value``) to the working folder."""
+    path = Path(path)
+    data = resolve_paths(load_yaml(path), path.resolve().parent)
+    apply_overrides(data, overrides)
+    return parse_spec(data, f"spec '{path}'")
+
+
