@@ -15,6 +15,10 @@ __all__ = ["GENERATORS", "Generator", "Request", "Result", "generator_config", "
 
 # Built-in generators register themselves on import.
 from diag.generators import (
+    copy_paste,  # noqa: E402,F401
+    cutpaste,  # noqa: E402,F401
     diffusion,  # noqa: E402,F401
+    draem,  # noqa: E402,F401
     memseg,  # noqa: E402,F401
+    nsa,  # noqa: E402,F401
 )

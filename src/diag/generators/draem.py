@@ -1,0 +1,134 @@
+"""DRAEM defects: Perlin-noise blobs filled with an augmented texture, blended in.
+
+After Zavrtanik, Kristan and Skočaj, "DRAEM - A discriminatively trained reconstruction
+embedding for surface anomaly detection" (ICCV 2021, Sec. 3.3, and its ``data_loader.py``):
+Perlin noise with lattice scale ``2**k`` (``k`` in ``perlin_scale`` = [0, 6)) along each axis
+is thresholded at ``threshold`` (0.5) into a mask ``M``; an anomaly source image ``A`` (a DTD
+texture in the paper) is perturbed by three random augmentations out of ten (``augment``: 3)
+and blended in with opacity ``beta`` drawn from ``opacity`` (the paper's [0.1, 1.0]):
+``I_a = (1 - M) * I + (1 - beta) * M * I + beta * M * A``.
+
+>>> import numpy as np
+>>> from diag.generators import make_generator, Request
+>>> gen = make_generator("draem", {})
+>>> img = np.full((64, 64), 90, np.uint8)
+>>> res = gen.generate(Request(image=img, region=None, seed=0))
+>>> res.image.shape, bool((res.image != img)[~res.mask].any())
+((64, 64), False)
+
+The texture comes from ``textures`` (a folder: DTD's ``images/``, or any folder of images) or,
+with none, from another defect-free image of the dataset (``texture_source: auto``). With a spec
+region the texture fills exactly that region (``perlin_in_region: true`` keeps only the
+Perlin blobs inside it), so methods can be compared on the same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from diag.errors import DiagError
+from diag.generators.base import Request, Result, register, rng_for
+from diag.generators.compositing import (
+    TEXTURE_SOURCES,
+    check_choice,
+    check_range,
+    check_region,
+    composite,
+)
+from diag.generators.perlin import perlin_mask
+from diag.generators.textures import draem_augment, jitter, pick_texture, texture_files
+
+
+@dataclass
+class DraemConfig:
+    """Parameters of the DRAEM generator (defaults: the DRAEM paper and code).
+
+    Attributes:
+        textures: Folder of texture images (DTD in the paper); empty uses ``texture_source``.
+        texture_source: ``auto`` (folder, else donors, else structure), ``folder``,
+            ``donors`` (other defect-free images of the dataset) or ``structure`` (the image,
+            mirrored and grid-shuffled).
+        opacity: Range of the texture's blending factor ``beta`` (DRAEM paper: 0.1 to 1; the
+            code's ``1 - U[0, 0.8]`` is [0.2, 1]).
+        perlin_scale: Range ``[min, max)`` of the Perlin lattice exponent (DRAEM: 0 to 6);
+            the scale is ``2**k`` cells per axis, larger = finer blobs.
+        threshold: Perlin threshold (DRAEM: 0.5); higher gives smaller, sparser blobs.
+        perlin_in_region: With a spec region, use only the Perlin blobs inside it.
+        augment: How many of DRAEM's ten texture augmentations to apply (DRAEM: 3).
+        jitter: Extra random brightness/contrast/gamma of the texture (0 = none, as DRAEM).
+        max_tries: Redraws of the Perlin mask before falling back (to the region, or an error).
+    """
+
+    textures: str | None = None
+    texture_source: str = "auto"
+    opacity: tuple[float, float] = (0.1, 1.0)
+    perlin_scale: tuple[int, int] = (0, 6)
+    threshold: float = 0.5
+    perlin_in_region: bool = False
+    augment: int = 3
+    jitter: float = 0.0
+    max_tries: int = 10
+
+    def validate(self, source: str, prefix: str) -> None:
+        check_choice(self.texture_source, TEXTURE_SOURCES, "texture_source", source, prefix)
+        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
+        if not 0 <= self.perlin_scale[0] < self.perlin_scale[1] <= 10:
+            raise DiagError(f"{source}: {prefix}perlin_scale must be [min, max) with "
+                            f"0 <= min < max <= 10, got {list(self.perlin_scale)}")
+        if not -1.0 < self.threshold < 1.0:
+            raise DiagError(f"{source}: {prefix}threshold must be in (-1, 1), got "
+                            f"{self.threshold}")
+        if not 0 <= self.augment <= 10:
+            raise DiagError(f"{source}: {prefix}augment must be 0 to 10, got {self.augment}")
+        if not 0 <= self.jitter < 1:
+            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
+        if self.max_tries < 1:
+            raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {self.max_tries}")
+
+
+@register
+class DraemGenerator:
+    """Perlin blobs + augmented texture, DRAEM's anomaly simulation."""
+
+    kind: ClassVar[str] = "draem"
+    Config: ClassVar[type] = DraemConfig
+
+    def __init__(self, config: DraemConfig, device: str = "cpu") -> None:
+        self.config = config
+        self._files = texture_files(config.textures) if config.textures else []
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": self.kind, "model": None, "textures": self.config.textures}
+
+    def _mask(self, shape: tuple[int, int], region: np.ndarray | None,
+              rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        if region is not None and not c.perlin_in_region:
+            return region.copy()
+        for _ in range(c.max_tries):
+            m = perlin_mask(shape, rng, c.perlin_scale[0], c.perlin_scale[1], c.threshold)
+            if region is not None:
+                m &= region
+            if m.any():
+                return m
+        if region is not None:
+            return region.copy()
+        raise DiagError("draem could not draw a non-empty Perlin mask in "
+                        f"{c.max_tries} tries: lower generator.threshold")
+
+    def generate(self, request: Request) -> Result:
+        c = self.config
+        image = request.image
+        region = check_region(self.kind, image, request.region)
+        rng = rng_for(request.seed)
+        mask = self._mask(image.shape[:2], region, rng)
+        texture, origin = pick_texture(image, rng, self._files, request.donors, c.texture_source)
+        texture, ops = draem_augment(texture, rng, c.augment)
+        if c.jitter > 0:
+            texture = jitter(texture, rng, c.jitter)
+        beta = float(rng.uniform(*c.opacity))
+        out = composite(image, texture, mask, "alpha", beta)
+        return Result(out, mask, {"texture": origin, "augment": ops, "opacity": round(beta, 4)})
