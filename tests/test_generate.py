@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
@@ -54,7 +53,7 @@ def check_outputs(out: Path, expected: int) -> list[dict]:
     records = read_manifest(out)
     assert len(records) == expected
     for r in records:
-        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert set(r) >= REQUIRED, REQUIRED - set(r)
         src = read_image(r["source"])
         img = read_image(out / r["image"])
         mask_arr = np.asarray(Image.open(out / r["mask"]))

@@ -168,17 +168,17 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> Spec:
         raise DiagError(f"{source}: generator must be a mapping with a kind (diffusion, memseg...)")
     gen_raw = dict(gen_raw)
     kind = str(gen_raw.pop("kind", "diffusion"))
-    gen_raw, ignored = _own_params(kind, gen_raw)
+    try:
+        gen_raw, ignored = _own_params(kind, gen_raw)
+        params = generator_config(kind, gen_raw, source)
+    except DiagError as exc:
+        raise DiagError(f"{source}: {exc}" if not str(exc).startswith(source) else str(exc)
+                        ) from None
     if ignored:
         import sys
 
         print(f"note: {source}: generator {kind} ignores {', '.join(ignored)} (parameters of "
               "other generators)", file=sys.stderr)
-    try:
-        params = generator_config(kind, gen_raw, source)
-    except DiagError as exc:
-        raise DiagError(f"{source}: {exc}" if not str(exc).startswith(source) else str(exc)
-                        ) from None
     seed = from_dict(_Seed, {"seed": data.get("seed", 0)}, source).seed
     device = str(data.get("device", "auto"))
     return Spec(dataset, defects, GeneratorSpec(kind, params), regions, seed, device, source)

@@ -36,13 +36,22 @@ import numpy as np
 
 from diag.data.sample import Sample
 from diag.errors import DiagError, where
-from diag.imageio import IMAGE_SUFFIXES, list_images, read_mask
+from diag.imageio import IMAGE_SUFFIXES, image_size, list_images, read_mask
 
 SPLITS = ("train", "test", "all")
 
 
-def _positive(mask_path: Path | None) -> int:
-    return int(mask_path is not None and bool(read_mask(mask_path).any()))
+def _positive(mask_path: Path | None, image_path: Path) -> int:
+    """1 if the mask has a defect pixel; checks the mask's size against its image's."""
+    if mask_path is None:
+        return 0
+    mask = read_mask(mask_path)
+    size = image_size(image_path)
+    if mask.shape != size:
+        raise DiagError(f"mask {where(mask_path)} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                        f"{where(image_path)} is {size[1]}x{size[0]}: masks must match their "
+                        "image's size; fix or remove the pair")
+    return int(mask.any())
 
 
 def _check_root(root: Path, layout: str) -> Path:
@@ -84,7 +93,7 @@ def read_ksdd2(root: Path, split: str = "train", **_: object) -> list[Sample]:
             if mask is None:
                 raise DiagError(f"image {where(img)} has no mask {img.stem}_GT.png beside it: "
                                 "ksdd2 needs one mask per image (all black for defect-free)")
-            out.append(Sample(f"{sp}/{img.stem}", img, mask, _positive(mask)))
+            out.append(Sample(f"{sp}/{img.stem}", img, mask, _positive(mask, img)))
     return out
 
 
@@ -111,7 +120,7 @@ def read_mvtec(root: Path, split: str = "train", **_: object) -> list[Sample]:
                 if mask is None:
                     raise DiagError(f"defect image {where(p)} has no mask ground_truth/{cls.name}/"
                                     f"{p.stem}_mask.png: add it, or move the image out")
-                out.append(Sample(f"test/{cls.name}/{p.stem}", p, mask, _positive(mask), cls.name))
+                out.append(Sample(f"test/{cls.name}/{p.stem}", p, mask, _positive(mask, p), cls.name))
     return out
 
 
@@ -137,7 +146,7 @@ def read_magnetic_tile(root: Path, split: str = "train", test_fraction: float = 
             if mask_path is None and cls != "free":
                 raise DiagError(f"defect image {where(p)} has no mask {p.stem}.png beside it: "
                                 "add the mask or move the image to MT_Free")
-            label = _positive(mask_path)
+            label = _positive(mask_path, p)
             out.append(Sample(f"{d.name}/{p.stem}", p, mask_path, label,
                               cls if label else ""))
     return out
@@ -159,7 +168,7 @@ def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | 
         if split != "all" and _in_test(p.stem, test_fraction, split_seed) != (split == "test"):
             continue
         mask = _find_mask(mask_dir, p.stem, mask_suffix) if mask_dir is not None else None
-        out.append(Sample(p.stem, p, mask, _positive(mask)))
+        out.append(Sample(p.stem, p, mask, _positive(mask, p)))
     return out
 
 
