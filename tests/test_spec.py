@@ -1,0 +1,48 @@
+"""The spec: defaults, --set overrides, paths relative to the spec file, switching generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diag.errors import DiagError
+from diag.spec import load_spec, parse_spec
+
+
+def test_example_spec_defaults_are_the_reference_codes(example_root: Path) -> None:
+    spec = load_spec(example_root.parent / "magnetic_tile.yaml")
+    g = spec.generator.params
+    assert spec.generator.kind == "diffusion"
+    assert g.model == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    assert (g.steps, g.guidance_scale, g.strength) == (30, 20.0, 0.99)
+    assert Path(spec.dataset.root) == example_root.resolve()  # relative to the spec file
+    assert spec.total == 12 and spec.seed == 0
+
+
+def test_set_overrides_and_kind_switch(example_root: Path, capsys) -> None:
+    spec = load_spec(example_root.parent / "magnetic_tile.yaml",
+                     ["generator.steps=12", "seed=7", "regions.flip=false"])
+    assert spec.generator.params.steps == 12 and spec.seed == 7 and not spec.regions.flip
+    spec = load_spec(example_root.parent / "magnetic_tile.yaml", ["generator.kind=memseg"])
+    assert spec.generator.kind == "memseg"
+    assert "ignores" in capsys.readouterr().err
+
+
+def test_roundtrip_through_yaml() -> None:
+    import yaml
+
+    spec = parse_spec({"dataset": {"root": "d"}, "defects": [{"name": "a", "count": 1}],
+                       "generator": {"kind": "diffusion", "steps": 5}})
+    again = parse_spec(yaml.safe_load(spec.to_yaml()))
+    assert again.to_dict() == spec.to_dict()
+
+
+def test_validation_messages() -> None:
+    with pytest.raises(DiagError, match="steps x strength must be at least 1"):
+        parse_spec({"dataset": {"root": "d"}, "defects": [{"name": "a"}],
+                    "generator": {"kind": "diffusion", "steps": 2, "strength": 0.3}})
+    with pytest.raises(DiagError, match="two defects are named 'a'"):
+        parse_spec({"dataset": {"root": "d"}, "defects": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(DiagError, match="missing required field 'dataset.root'"):
+        parse_spec({"dataset": {}, "defects": [{"name": "a"}]})
