@@ -28,6 +28,7 @@ import numpy as np
 
 from diag.errors import DiagError
 from diag.generators.base import Request, Result, blend, register, rng_for
+from diag.generators.compositing import TEXTURE_SOURCES, check_choice, check_range, check_region
 from diag.generators.perlin import perlin_mask
 from diag.generators.textures import jitter, pick_texture, texture_files
 
@@ -58,13 +59,18 @@ class MemSegConfig:
     max_tries: int = 10
 
     def validate(self, source: str, prefix: str) -> None:
-        lo, hi = self.opacity
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise DiagError(f"{source}: {prefix}opacity must be a range within [0, 1], "
-                            f"got {list(self.opacity)}")
+        check_choice(self.texture_source, TEXTURE_SOURCES, "texture_source", source, prefix)
+        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
         if not 0 <= self.perlin_scale[0] < self.perlin_scale[1] <= 10:
             raise DiagError(f"{source}: {prefix}perlin_scale must be [min, max) with "
                             f"0 <= min < max <= 10, got {list(self.perlin_scale)}")
+        if not -1.0 < self.threshold < 1.0:
+            raise DiagError(f"{source}: {prefix}threshold must be in (-1, 1), got "
+                            f"{self.threshold}")
+        if not 0 <= self.jitter < 1:
+            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
+        if self.max_tries < 1:
+            raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {self.max_tries}")
 
 
 @register
@@ -98,8 +104,9 @@ class MemSegGenerator:
 
     def generate(self, request: Request) -> Result:
         c = self.config
+        region = check_region(self.kind, request.image, request.region)
         rng = rng_for(request.seed)
-        mask = self._mask(request.image.shape[:2], request.region, rng)
+        mask = self._mask(request.image.shape[:2], region, rng)
         texture, origin = pick_texture(request.image, rng, self._files, request.donors,
                                        c.texture_source)
         if c.jitter > 0:

@@ -41,6 +41,8 @@ def poisson_blend(dest: np.ndarray, src: np.ndarray, mask: np.ndarray, mixed: bo
         mask: Boolean ``HxW``: the pixels to solve for; every other pixel is ``dest``'s.
         mixed: Keep, per neighbour pair, the stronger of the source and destination gradients
             (``MIXED_CLONE``: the destination's texture shows through flat parts of the source).
+            Only pairs of masked pixels carry the source's gradients; across the mask's
+            border the guidance is zero, so ``src`` need not be valid outside the mask.
 
     Returns:
         A new ``uint8`` image of ``dest``'s shape.
@@ -79,12 +81,14 @@ def poisson_blend(dest: np.ndarray, src: np.ndarray, mask: np.ndarray, mixed: bo
         p = np.nonzero(inside)[0]
         qy, qx = qy[inside], qx[inside]
         degree[p] += 1
-        grad = s[py[p], px[p]] - s[qy, qx]
+        unknown = m[qy, qx]
+        # Guidance only between two masked pixels: across the border the source is unknown
+        # (outside the mask ``src`` usually holds the destination), so the jump there is 0.
+        grad = np.where(unknown[:, None], s[py[p], px[p]] - s[qy, qx], 0.0)
         if mixed:
             grad_d = d[py[p], px[p]] - d[qy, qx]
             grad = np.where(np.abs(grad_d) > np.abs(grad), grad_d, grad)
         rhs[p] += grad
-        unknown = m[qy, qx]
         rows.append(p[unknown])
         cols.append(index[qy[unknown], qx[unknown]])
         known = p[~unknown]

@@ -1,0 +1,217 @@
+"""Contact sheets: generators side by side, for comparing their defects by eye.
+
+Each column is one ``diag generate`` output folder (one generator, or one setting); each
+sample is a block of rows: the defect-free **source**, the **generated** image, the generated
+image with its **mask** tinted red and outlined, and a **zoom** on the defect (its mask's
+bounding box with some context, enlarged), since defects on a whole tile are often only a few
+pixels wide. The ``i``-th block of every column is the ``i``-th sample of that folder's
+manifest, so folders generated from one spec (same seed, same regions) line up sample by sample.
+
+>>> import tempfile, pathlib, numpy as np
+>>> from diag.imageio import write_image, write_mask
+>>> from diag.manifest import ManifestWriter
+>>> out = pathlib.Path(tempfile.mkdtemp())
+>>> img = np.full((40, 60), 120, np.uint8); mask = np.zeros((40, 60), bool); mask[10:20, 5:30] = True
+>>> write_image(out / "src.png", img); write_image(out / "images/a.png", img)
+>>> write_mask(out / "masks/a.png", mask)
+>>> with ManifestWriter(out / "manifest.jsonl") as w:
+...     w.append({"id": "a", "image": "images/a.png", "mask": "masks/a.png",
+...               "source": str(out / "src.png"), "generator": "memseg"})
+>>> sheet = contact_sheet([out], n=2, tile=64)
+>>> sheet.mode, sheet.size[0] > 64
+('RGB', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from diag.errors import DiagError, where
+
+ROWS = ("source", "generated", "mask", "zoom")
+BACKGROUND = (30, 30, 30)
+TILE_BG = (48, 48, 48)
+TEXT = (235, 235, 235)
+MASK_COLOUR = np.array([255, 40, 40], np.float32)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
+
+
+def _fit(arr: np.ndarray, tile: int, nearest: bool = False) -> Image.Image:
+    """An image scaled to fit a ``tile x tile`` square (aspect kept), centred on a dark tile."""
+    img = Image.fromarray(_rgb(arr))
+    scale = tile / max(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    img = img.resize(size, Image.NEAREST if nearest else Image.LANCZOS)
+    canvas = Image.new("RGB", (tile, tile), TILE_BG)
+    canvas.paste(img, ((tile - size[0]) // 2, (tile - size[1]) // 2))
+    return canvas
+
+
+def _placeholder(tile: int, text: str) -> Image.Image:
+    canvas = Image.new("RGB", (tile, tile), TILE_BG)
+    ImageDraw.Draw(canvas).text((6, tile // 2 - 8), text, fill=TEXT, font=_font(12))
+    return canvas
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``image`` (RGB) with ``mask`` tinted red and its outline drawn in solid red."""
+    rgb = _rgb(image).astype(np.float32)
+    edge = mask & ~ndimage.binary_erosion(mask)
+    rgb[mask] = rgb[mask] * (1 - alpha) + MASK_COLOUR * alpha
+    rgb[edge] = MASK_COLOUR
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def zoom_box(mask: np.ndarray, context: float = 0.5, min_side: int = 32
+             ) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``: the mask's box grown by ``context`` of its size, squared."""
+    h, w = mask.shape
+    if not mask.any():
+        return 0, h, 0, w
+    ys, xs = np.nonzero(mask)
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) * (1 + 2 * context)
+    side = int(min(max(side, min_side), max(h, w)))
+    sh, sw = min(side, h), min(side, w)
+    top = int(np.clip(round(cy - sh / 2), 0, h - sh))
+    left = int(np.clip(round(cx - sw / 2), 0, w - sw))
+    return top, top + sh, left, left + sw
+
+
+def _read(path: Path) -> np.ndarray | None:
+    from diag.imageio import read_image
+
+    try:
+        return read_image(path)
+    except DiagError:
+        return None
+
+
+def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
+            ) -> tuple[str, list[list[Image.Image]]]:
+    """The label and the tiles (one list of rows per sample) of one output folder."""
+    from diag.imageio import read_mask
+    from diag.manifest import read_manifest
+
+    if not folder.is_dir():
+        raise DiagError(f"{where(folder)} is not a folder: give diag generate output folders")
+    records = read_manifest(folder)
+    if not records:
+        raise DiagError(f"{where(folder)} has no manifest records: it is not a diag generate "
+                        "output folder, or nothing was generated yet")
+    records = records[:n]
+    kinds = sorted({str(r.get("generator", "?")) for r in records})
+    kind = "/".join(kinds)
+    label = kind if folder.name == kind else f"{kind}  [{folder.name}]"
+    blocks = []
+    for rec in records:
+        gen = _read(folder / rec["image"])
+        mask_path = folder / rec["mask"]
+        mask = read_mask(mask_path) if mask_path.is_file() else None
+        source = _source(folder, rec)
+        tiles: list[Image.Image] = []
+        for row in rows:
+            if row == "source":
+                tiles.append(_fit(source, tile) if source is not None
+                             else _placeholder(tile, "source missing"))
+            elif gen is None:
+                tiles.append(_placeholder(tile, "image missing"))
+            elif row == "generated":
+                tiles.append(_fit(gen, tile))
+            elif mask is None or mask.shape != gen.shape[:2]:
+                tiles.append(_placeholder(tile, "mask missing"))
+            elif row == "mask":
+                tiles.append(_fit(overlay(gen, mask), tile))
+            else:  # zoom
+                t, b, left, r = zoom_box(mask)
+                tiles.append(_fit(gen[t:b, left:r], tile, nearest=(b - t) * 3 < tile))
+        blocks.append(tiles)
+    return label, blocks
+
+
+def _source(folder: Path, rec: dict[str, Any]) -> np.ndarray | None:
+    src = rec.get("source")
+    if not src:
+        return None
+    for p in (Path(src), folder / src):
+        if p.is_file():
+            return _read(p)
+    return None
+
+
+def contact_sheet(folders: Sequence[str | Path], n: int = 6, tile: int = 192,
+                  rows: Sequence[str] = ROWS) -> Image.Image:
+    """A labelled grid comparing ``diag generate`` output folders side by side.
+
+    Args:
+        folders: Output folders (each with ``manifest.jsonl``, ``images/``, ``masks/``); one
+            column each, in the order given.
+        n: Samples per folder (the first ``n`` of each manifest, in plan order).
+        tile: Side in pixels of each square tile.
+        rows: Which rows each sample shows, among ``source``, ``generated``, ``mask`` (red
+            overlay of the mask) and ``zoom`` (the defect's surroundings, enlarged).
+
+    Raises:
+        DiagError: no folders, a folder that is not a generate output, or a bad row name.
+    """
+    if not folders:
+        raise DiagError("no output folders given: name one or more diag generate output folders")
+    if n < 1:
+        raise DiagError(f"n must be at least 1, got {n}")
+    bad = [r for r in rows if r not in ROWS]
+    if bad or not rows:
+        raise DiagError(f"unknown contact sheet row '{bad[0] if bad else ''}': use some of "
+                        f"{', '.join(ROWS)}")
+    columns = [_column(Path(f), n, tile, rows) for f in folders]
+    samples = max(len(blocks) for _, blocks in columns)
+    pad, label_w, header_h, gap = 4, 84, 28, 10
+    font, small = _font(14), _font(12)
+    block_h = len(rows) * (tile + pad)
+    width = label_w + len(columns) * (tile + pad) + pad
+    height = header_h + samples * (block_h + gap)
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for j, (label, blocks) in enumerate(columns):
+        x = label_w + j * (tile + pad)
+        text = label
+        while len(text) > 4 and draw.textlength(text, font=font) > tile:
+            text = text[:-2]
+        draw.text((x + 2, 6), text if text == label else text + "…", fill=TEXT, font=font)
+        for i, tiles in enumerate(blocks):
+            y0 = header_h + i * (block_h + gap)
+            for k, t in enumerate(tiles):
+                sheet.paste(t, (x, y0 + k * (tile + pad)))
+    for i in range(samples):
+        y0 = header_h + i * (block_h + gap)
+        for k, row in enumerate(rows):
+            y = y0 + k * (tile + pad) + tile // 2 - 8
+            draw.text((6, y), f"{i + 1}: {row}" if k == 0 else row, fill=TEXT, font=small)
+    return sheet
+
+
+def save_contact_sheet(folders: Sequence[str | Path], path: str | Path, n: int = 6,
+                       tile: int = 192) -> Path:
+    """Write :func:`contact_sheet` as a PNG (atomically) and return its path."""
+    from diag.imageio import write_image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise DiagError(f"contact sheet path {where(path)} must end in .png")
+    write_image(path, np.asarray(contact_sheet(folders, n, tile)))
+    return path
