@@ -52,12 +52,20 @@ def _rgb(arr: np.ndarray) -> np.ndarray:
     return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
 
 
-def _fit(arr: np.ndarray, tile: int, nearest: bool = False) -> Image.Image:
-    """An image scaled to fit a ``tile x tile`` square (aspect kept), centred on a dark tile."""
+def _fit(arr: np.ndarray, tile: int, nearest: bool = False, mask: np.ndarray | None = None
+         ) -> Image.Image:
+    """An image scaled to fit a ``tile x tile`` square (aspect kept), centred on a dark tile.
+
+    With ``mask``, the mask is overlaid after scaling, at the tile's resolution (a tile pixel is
+    masked when any source pixel under it is), so thin defects stay visible when shrunk.
+    """
     img = Image.fromarray(_rgb(arr))
     scale = tile / max(img.size)
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     img = img.resize(size, Image.NEAREST if nearest else Image.LANCZOS)
+    if mask is not None:
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BOX)
+        img = Image.fromarray(overlay(np.asarray(img), np.asarray(small) > 0))
     canvas = Image.new("RGB", (tile, tile), TILE_BG)
     canvas.paste(img, ((tile - size[0]) // 2, (tile - size[1]) // 2))
     return canvas
@@ -137,7 +145,7 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
             elif mask is None or mask.shape != gen.shape[:2]:
                 tiles.append(_placeholder(tile, "mask missing"))
             elif row == "mask":
-                tiles.append(_fit(overlay(gen, mask), tile))
+                tiles.append(_fit(gen, tile, mask=mask))
             else:  # zoom
                 t, b, left, r = zoom_box(mask)
                 tiles.append(_fit(gen[t:b, left:r], tile, nearest=(b - t) * 3 < tile))
