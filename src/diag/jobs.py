@@ -187,7 +187,7 @@ def generate_one(generator: Generator, item: PlanItem, inputs: Inputs
                                                           item.source.path.stem, item.defect)
     request = Request(image=image, region=region, seed=item.seed, prompt=item.prompt,
                       negative_prompt=item.negative_prompt, donors=inputs.negatives,
-                      defects=inputs.positives)
+                      defects=inputs.positives, defect=item.defect)
     result = generator.generate(request)
     if result.image.shape != image.shape or result.image.dtype != image.dtype:
         raise RuntimeError(f"{generator.kind} returned {result.image.shape} {result.image.dtype} "

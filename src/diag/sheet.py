@@ -187,6 +187,8 @@ def contact_sheet(folders: Sequence[str | Path], n: int = 6, tile: int = 192,
         raise DiagError(f"unknown contact sheet row '{bad[0] if bad else ''}': use some of "
                         f"{', '.join(ROWS)}")
     columns = [_column(Path(f), n, tile, rows) for f in folders]
+    if len(columns) == 1:
+        return _single(columns[0], tile, rows)
     samples = max(len(blocks) for _, blocks in columns)
     pad, label_w, header_h, gap = 4, 84, 28, 10
     font, small = _font(14), _font(12)
@@ -210,6 +212,25 @@ def contact_sheet(folders: Sequence[str | Path], n: int = 6, tile: int = 192,
         for k, row in enumerate(rows):
             y = y0 + k * (tile + pad) + tile // 2 - 8
             draw.text((6, y), f"{i + 1}: {row}" if k == 0 else row, fill=TEXT, font=small)
+    return sheet
+
+
+def _single(column: tuple[str, list[list[Image.Image]]], tile: int, rows: Sequence[str]
+            ) -> Image.Image:
+    """One folder: samples side by side, one row per kind of tile (source, generated, ...)."""
+    label, blocks = column
+    pad, label_w, header_h = 4, 84, 28
+    font, small = _font(14), _font(12)
+    width = label_w + max(1, len(blocks)) * (tile + pad) + pad
+    height = header_h + len(rows) * (tile + pad) + pad
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 6), label, fill=TEXT, font=font)
+    for k, row in enumerate(rows):
+        y = header_h + k * (tile + pad)
+        draw.text((6, y + tile // 2 - 8), row, fill=TEXT, font=small)
+        for i, tiles in enumerate(blocks):
+            sheet.paste(tiles[k], (label_w + i * (tile + pad), y))
     return sheet
 
 

@@ -135,7 +135,7 @@ class Spec:
 TOP_LEVEL = ("dataset", "regions", "defects", "generator", "seed", "device")
 
 
-def parse_spec(data: dict[str, Any], source: str = "spec") -> Spec:
+def parse_spec(data: dict[str, Any], source: str = "spec", notes: bool = True) -> Spec:
     """Validate a spec mapping (paths are taken as given: relative to the working folder)."""
     from diag.generators.base import generator_config
 
@@ -174,7 +174,7 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> Spec:
     except DiagError as exc:
         raise DiagError(f"{source}: {exc}" if not str(exc).startswith(source) else str(exc)
                         ) from None
-    if ignored:
+    if ignored and notes:
         import sys
 
         print(f"note: {source}: generator {kind} ignores {', '.join(ignored)} (parameters of "
@@ -224,12 +224,12 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+def load_spec(path: str | Path, overrides: list[str] | None = None, notes: bool = True) -> Spec:
     """Read and validate a spec file; paths in it are relative to its folder, paths in
     ``overrides`` (``key=value``) to the working folder."""
     path = Path(path)
     data = resolve_paths(load_yaml(path), path.resolve().parent)
     apply_overrides(data, overrides)
-    return parse_spec(data, f"spec '{path}'")
+    return parse_spec(data, f"spec '{path}'", notes)
 
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     spec_path = examples_dir() / "magnetic_tile.yaml"
     kind, gen = _choose(args, spec_path)
     overrides = list(args.overrides) + ([f"generator.kind={kind}"] if kind != "diffusion" else [])
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, notes=False)
     out = Path(args.out)
     summary = run_spec(spec, out, generator=gen)
     sheet = save_contact_sheet([out], out / "contact_sheet.png", n=6)

@@ -45,6 +45,8 @@ class Request:
         negative_prompt: What the defect should not look like.
         donors: Other defect-free images a generator may borrow from (textures, patches).
         defects: Real defective images a generator may borrow from (copy-paste).
+        defect: The planned defect type's name (``crack``), for generators that match it to
+            dataset classes.
     """
 
     image: np.ndarray
@@ -54,6 +56,7 @@ class Request:
     negative_prompt: str = ""
     donors: Sequence[Sample] = ()
     defects: Sequence[Sample] = ()
+    defect: str = ""
 
 
 @dataclass

@@ -128,9 +128,14 @@ class CopyPasteGenerator:
     def describe(self) -> dict[str, Any]:
         return {"generator": self.kind, "model": None, "defects": list(self.config.defects)}
 
-    def _positives(self, defects: Sequence[Sample]) -> list[Sample]:
+    def _positives(self, defects: Sequence[Sample], planned: str = "") -> list[Sample]:
+        """Real positives to cut from: ``generator.defects`` classes if set, else the planned
+        defect type's class when the dataset has it (``crack`` takes cracks), else all."""
         c = self.config
         pos = [d for d in defects if d.label and (not c.defects or d.defect in c.defects)]
+        if not c.defects and planned:
+            same = [d for d in pos if d.defect == planned]
+            pos = same or pos
         if not pos:
             which = f" of classes {', '.join(c.defects)}" if c.defects else ""
             raise DiagError(f"copy-paste needs real defective images{which} but the dataset has "
@@ -234,7 +239,7 @@ class CopyPasteGenerator:
         c = self.config
         image = request.image
         region = check_region(self.kind, image, request.region)
-        positives = self._positives(request.defects)
+        positives = self._positives(request.defects, request.defect)
         rng = rng_for(request.seed)
         if region is not None:
             full, mask, info = self._in_region(image, region, positives, rng)
