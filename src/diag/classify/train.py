@@ -1,0 +1,392 @@
+"""Training the defect classifier, with honest thresholds, checkpoints and resume.
+
+>>> from diag.classify.config import load_train_config            # doctest: +SKIP
+>>> cfg = load_train_config("examples/train.yaml", ["train.epochs=1"])  # doctest: +SKIP
+>>> metrics = train_run(cfg, "runs/mt")                             # doctest: +SKIP
+>>> metrics["test"]["ap"]                                           # doctest: +SKIP
+
+A run folder holds ``config.yaml``, ``metadata.json`` (versions, backbone, weights source, data
+counts), ``checkpoints/last.pt`` (overwritten after every epoch: model, optimizer, epoch, RNG
+states; with ``keep_checkpoints: all`` also ``epoch-NNN.pt``), ``model.pt`` (the selected
+weights with everything needed to score new images), ``metrics.json``, ``scores.csv`` and
+``pr_curve.png``. The decision threshold is the one maximising F1 on the validation split; the
+test set is scored only after everything has been chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import os
+import platform
+import random
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diag.classify.config import TrainConfig, config_dict, parse_train_config
+from diag.classify.data import ImageSet, Item, SplitData, build_sets, epoch_order
+from diag.classify.models import build_model, normalization
+from diag.config import dump_yaml, load_yaml
+from diag.device import resolve_device
+from diag.errors import DiagError, where
+from diag.imageio import write_json, write_text
+from diag.metrics.detection import best_f1, detection_report
+
+MODEL_FORMAT = "diag-classifier-1"
+SUMMARY_KEYS = (("ap",), ("auroc",), ("at_threshold", "precision"), ("at_threshold", "recall"),
+                ("at_threshold", "f1"), ("best_f1_on_this_set", "f1"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic(enabled: bool):  # noqa: ANN201
+    """Turn on torch's deterministic algorithms for the duration, then restore."""
+    before = torch.are_deterministic_algorithms_enabled()
+    cudnn = torch.backends.cudnn.benchmark
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.benchmark = cudnn
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _loader(ds: ImageSet, batch_size: int, workers: int, order: list[int] | None = None
+            ) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=order, shuffle=False,
+                                       num_workers=workers, persistent_workers=False)
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, ds: ImageSet, device: str, batch_size: int = 32,
+          workers: int = 0, desc: str | None = None) -> np.ndarray:
+    """Logits of every image of ``ds``, in order (model in eval mode)."""
+    model.eval()
+    out = np.zeros(len(ds), dtype=np.float64)
+    for x, _, idx in tqdm(_loader(ds, batch_size, workers), desc=desc, disable=None if desc
+                          else True, leave=False, unit="batch"):
+        out[idx.numpy()] = model(x.to(device)).float().cpu().numpy()
+    return out
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from diag import __version__
+
+    return {"diag": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}
+
+
+def _items_rows(items: list[Item], split: str, scores: np.ndarray, threshold: float
+                ) -> list[list[Any]]:
+    return [[split, it.key, it.label, f"{s:.8g}", f"{1 / (1 + math.exp(-s)):.8g}",
+             int(s >= threshold), it.source, str(it.sample.path)]
+            for it, s in zip(items, scores, strict=True)]
+
+
+def write_scores(path: Path, rows: list[list[Any]]) -> None:
+    """scores.csv: split, id, label, score (logit), probability, predicted, source, path."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "id", "label", "score", "probability", "predicted", "source", "path"])
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def plot_pr(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]],
+            point: tuple[str, np.ndarray, np.ndarray, float] | None) -> None:
+    """PR curves (label, labels, scores) with the operating point at the chosen threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from diag.metrics.detection import at_threshold, average_precision, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    for name, y, s in curves:
+        if y.sum() == 0:
+            continue
+        p, r, _ = precision_recall_curve(y, s)
+        ax.step(r, p, where="post", label=f"{name} (AP {average_precision(y, s):.3f})")
+    if point is not None:
+        name, y, s, thr = point
+        m = at_threshold(y, s, thr)
+        ax.plot([m["recall"]], [m["precision"]], "o", color="black",
+                label=f"{name} at validation threshold")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Check the run folder; return the checkpoint to resume from (or None)."""
+    last = out / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            if (out / "config.yaml").is_file() or not out.exists() or not any(out.iterdir()):
+                return None  # killed before the first epoch ended: start over
+            raise DiagError(f"nothing to resume in {where(out)}: it holds no "
+                            "checkpoints/last.pt; drop --resume or pick the right --out")
+        saved = load_yaml(out / "config.yaml")
+        now = config_dict(cfg)
+        a, b = copy.deepcopy(saved), copy.deepcopy(now)
+        a.get("train", {}).pop("epochs", None)
+        b["train"].pop("epochs", None)
+        if a != b:
+            raise DiagError(f"--resume: the config differs from the run's {where(out / 'config.yaml')}"
+                            " (only train.epochs may change): use the same config or a new --out")
+        try:
+            return torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise DiagError(f"cannot read checkpoint {where(last)} ({type(exc).__name__}): "
+                            "delete it to start over") from None
+    if last.is_file() or (out / "metrics.json").is_file():
+        raise DiagError(f"{where(out)} already holds a training run: pass --resume to continue "
+                        "it, or choose another --out")
+    return None
+
+
+def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Train one model, choose its threshold on validation, score the test set.
+
+    Args:
+        cfg: The validated config.
+        out: Run folder (created).
+        resume: Continue from ``out/checkpoints/last.pt``.
+        progress: False hides progress bars; None shows them on a terminal.
+
+    Returns:
+        The metrics dict also written to ``out/metrics.json``.
+
+    Raises:
+        DiagError: bad data or config, see :func:`diag.classify.data.build_sets`.
+    """
+    out = Path(out)
+    t0 = time.time()
+    opt = cfg.train
+    state = _prepare_out(out, cfg, resume)
+    device = resolve_device(opt.device)
+    sets = build_sets(cfg.data)
+    norm = normalization(cfg.model.backbone, cfg.model.normalize)
+    size = tuple(opt.input_size)
+    with deterministic(opt.deterministic):
+        seed_everything(opt.seed)
+        model, weights_info = build_model(cfg.model.backbone, cfg.model.pretrained)
+        model.to(device)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", dump_yaml(cfg))
+        meta = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv), "versions": versions(), "device": device,
+                "backbone": cfg.model.backbone, "weights": weights_info, "normalize": norm,
+                "input_size": list(size), "seed": opt.seed, "data": sets.info}
+        write_json(out / "metadata.json", meta)
+        hide = True if progress is False else None
+        train_ds = ImageSet(sets.train, size, norm, cfg.data.augment, opt.seed, cfg.data.cache,
+                            progress, "loading train images")
+        val_ds = ImageSet(sets.val, size, norm, False, opt.seed, cfg.data.cache, progress,
+                          "loading validation images")
+        test_ds = (ImageSet(sets.test, size, norm, False, opt.seed, cfg.data.cache, progress,
+                            "loading test images") if sets.test else None)
+        optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] = {"epoch": None, "val_ap": -1.0}
+        start = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.startswith("cuda") and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            history, best, start = state["history"], state["best"], state["epoch"]
+        labels = [it.label for it in sets.train]
+        bar = tqdm(range(start, opt.epochs), desc="training", unit="epoch", disable=hide,
+                   initial=start, total=opt.epochs)
+        for epoch in bar:
+            model.train()
+            train_ds.set_epoch(epoch)
+            order = epoch_order(labels, cfg.data.balance, opt.seed, epoch)
+            total, n = 0.0, 0
+            batches = tqdm(_loader(train_ds, opt.batch_size, opt.num_workers, order),
+                           desc=f"epoch {epoch + 1}", leave=False, unit="batch", disable=hide)
+            for x, y, _ in batches:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(y)
+                n += len(y)
+                batches.set_postfix(loss=f"{total / n:.4f}")
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(n, 1)}
+            if len(val_ds):
+                vs = score(model, val_ds, device, opt.batch_size, opt.num_workers)
+                rec["val_ap"] = detection_report([it.label for it in sets.val], vs)["ap"]
+            if cfg.train.protocol == "paper" and test_ds is not None:
+                ts = score(model, test_ds, device, opt.batch_size, opt.num_workers)
+                rec["test_ap_optimistic"] = detection_report([it.label for it in sets.test],
+                                                             ts)["ap"]
+            history.append(rec)
+            if rec.get("val_ap") is not None and rec["val_ap"] > best["val_ap"]:
+                best = {"epoch": epoch + 1, "val_ap": rec["val_ap"]}
+                if opt.select_epoch == "best":
+                    _save_atomic({"model": model.state_dict(), "epoch": epoch + 1},
+                                 out / "checkpoints" / "best.pt")
+            ckpt = {"format": MODEL_FORMAT, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "history": history, "best": best, "config": config_dict(cfg),
+                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                            "python": random.getstate(),
+                            "cuda": torch.cuda.get_rng_state() if device.startswith("cuda")
+                            else None}}
+            if opt.keep_checkpoints == "all":
+                _save_atomic({"model": model.state_dict(), "epoch": epoch + 1},
+                             out / "checkpoints" / f"epoch-{epoch + 1:03d}.pt")
+            _save_atomic(ckpt, out / "checkpoints" / "last.pt")
+            bar.set_postfix(loss=f"{rec['train_loss']:.4f}",
+                            val_ap=f"{rec['val_ap']:.3f}" if rec.get("val_ap") is not None
+                            else "-")
+        selected = opt.epochs
+        if opt.select_epoch == "best" and best["epoch"] is not None:
+            selected = best["epoch"]
+            model.load_state_dict(torch.load(out / "checkpoints" / "best.pt",
+                                             map_location=device, weights_only=True)["model"])
+        metrics = _final_scores(model, sets, val_ds, test_ds, device, cfg, out)
+    metrics.update({"selected_epoch": selected, "select_epoch": opt.select_epoch,
+                    "history": history, "seconds": round(time.time() - t0, 2)})
+    model_file = {"format": MODEL_FORMAT, "model": model.state_dict(),
+                  "backbone": cfg.model.backbone, "weights": weights_info, "normalize": norm,
+                  "input_size": list(size), "threshold": metrics["threshold"]["value"],
+                  "epoch": selected, "config": config_dict(cfg)}
+    _save_atomic(model_file, out / "model.pt")
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _final_scores(model: torch.nn.Module, sets: SplitData, val_ds: ImageSet,
+                  test_ds: ImageSet | None, device: str, cfg: TrainConfig, out: Path
+                  ) -> dict[str, Any]:
+    opt = cfg.train
+    val_y = np.array([it.label for it in sets.val], dtype=int)
+    if len(val_ds):
+        val_s = score(model, val_ds, device, opt.batch_size, opt.num_workers)
+        chosen = best_f1(val_y, val_s)
+        threshold = {"value": chosen["threshold"], "chosen_on": "validation",
+                     "rule": "maximum F1 on the validation split",
+                     "probability": 1 / (1 + math.exp(-chosen["threshold"]))}
+    else:
+        val_s = np.zeros(0)
+        threshold = {"value": 0.0, "chosen_on": "none (no validation split)",
+                     "rule": "logit 0 (probability 0.5)", "probability": 0.5}
+    thr = threshold["value"]
+    metrics: dict[str, Any] = {"protocol": opt.protocol, "threshold": threshold}
+    rows = _items_rows(sets.val, "val", val_s, thr)
+    curves = []
+    if len(val_ds):
+        metrics["validation"] = detection_report(val_y, val_s, thr)
+        curves.append(("validation", val_y, val_s))
+    point = None
+    if test_ds is not None:
+        test_y = np.array([it.label for it in sets.test], dtype=int)
+        test_s = score(model, test_ds, device, opt.batch_size, opt.num_workers,
+                       desc=None)
+        metrics["test"] = detection_report(test_y, test_s, thr)
+        rows += _items_rows(sets.test, "test", test_s, thr)
+        curves.append(("test", test_y, test_s))
+        point = ("test", test_y, test_s, thr)
+        if opt.protocol == "paper":
+            b = metrics["test"]["best_f1_on_this_set"]
+            metrics["paper_protocol"] = {
+                "optimistic": True,
+                "note": "as the reference code: precision/recall at the threshold that maximises "
+                        "F1 on the test set itself; the threshold was chosen on test data",
+                "ap": metrics["test"]["ap"], "precision": b["precision"], "recall": b["recall"],
+                "f1": b["f1"], "threshold": b["threshold"]}
+    write_scores(out / "scores.csv", rows)
+    plot_pr(out / "pr_curve.png", curves, point)
+    return metrics
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def summarize(per_seed: dict[int, dict[str, Any]], split: str = "test") -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1) of the main metrics over seeds."""
+    summary: dict[str, Any] = {"seeds": list(per_seed), "split": split, "metrics": {}}
+    for path in SUMMARY_KEYS:
+        vals = [_get(m.get(split, {}), path) for m in per_seed.values()]
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            continue
+        arr = np.array(vals, dtype=float)
+        summary["metrics"][".".join(path)] = {
+            "mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+            "values": [float(v) for v in arr]}
+    return summary
+
+
+def train_seeds(cfg: TrainConfig, out: str | Path, seeds: list[int], resume: bool = False,
+                progress: bool | None = None) -> dict[str, Any]:
+    """Train one run per seed into ``out/seed-<s>`` and write ``out/summary.json``."""
+    out = Path(out)
+    per_seed = {}
+    for s in seeds:
+        c = parse_train_config(config_dict(cfg), [f"train.seed={s}"])
+        run = out / f"seed-{s}"
+        done = (run / "metrics.json").is_file() and (run / "model.pt").is_file()
+        if done and resume:
+            import json
+
+            per_seed[s] = json.loads((run / "metrics.json").read_text())
+            continue
+        per_seed[s] = train_run(c, run, resume=resume, progress=progress)
+    summary = summarize(per_seed, "test" if cfg.data.test is not None else "validation")
+    write_json(out / "summary.json", summary)
+    return summary
