@@ -1,0 +1,2 @@
+"""Metrics: detection scores of the classifier (:mod:`diag.metrics.detection`) and fidelity of
+generated images."""
