@@ -105,7 +105,7 @@ def versions() -> dict[str, str]:
 
 def _items_rows(items: list[Item], split: str, scores: np.ndarray, threshold: float
                 ) -> list[list[Any]]:
-    return [[split, it.key, it.label, f"{s:.8g}", f"{1 / (1 + math.exp(-s)):.8g}",
+    return [[split, it.key, it.label, repr(float(s)), f"{1 / (1 + math.exp(-s)):.8g}",
              int(s >= threshold), it.source, str(it.sample.path)]
             for it, s in zip(items, scores, strict=True)]
 
