@@ -19,7 +19,8 @@ from diag.errors import DiagError
 from diag.imageio import write_image, write_mask
 
 TINY = ["--set", "model.backbone=resnet18", "--set", "model.pretrained=none",
-        "--set", "train.input_size=[64,32]", "--set", "train.batch_size=8"]
+        "--set", "train.input_size=[64,32]", "--set", "train.batch_size=8",
+        "--set", "train.threads=1"]
 
 
 def _subset(src: Path, dst: Path, per_class: dict[str, int]) -> Path:
@@ -58,7 +59,8 @@ def _separable(root: Path, n: int = 24, size: tuple[int, int] = (32, 32), seed: 
 
 def _sep_config(train: Path, test: Path, **train_opts) -> dict:
     ref = {"layout": "folder", "images": "images", "masks": "masks", "split": "all"}
-    opts = {"epochs": 3, "batch_size": 8, "lr": 1e-3, "input_size": [32, 32], "seed": 0}
+    opts = {"epochs": 3, "batch_size": 8, "lr": 1e-3, "input_size": [32, 32], "seed": 0,
+            "threads": 1}
     opts.update(train_opts)
     return {"data": {"train": {"root": str(train), **ref}, "test": {"root": str(test), **ref},
                      "val_fraction": 0.25},

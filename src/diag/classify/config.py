@@ -166,6 +166,8 @@ class TrainOptions:
         seed: Seed of weights init, shuffling, augmentation and dropout.
         device: auto, cpu, cuda or cuda:N.
         num_workers: DataLoader worker processes (0: load in the main process).
+        threads: torch CPU threads (0: torch's default, one per core). On a busy shared
+            machine 1 can be many times faster than 2 (see benchmarks/RESULTS-train.md).
         select_epoch: ``last`` or ``best`` (highest validation AP).
         protocol: ``honest`` (threshold from validation only) or ``paper`` (also report the
             reference code's test-chosen best-F1 threshold, labelled optimistic). Both save the
@@ -183,6 +185,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    threads: int = 0
     select_epoch: str = "last"
     protocol: str = "honest"
     deterministic: bool = True
@@ -197,8 +200,8 @@ class TrainOptions:
         if min(self.input_size) < 16:
             raise DiagError(f"{source}: {prefix}input_size must be at least [16, 16] "
                             f"(height, width), got {list(self.input_size)}")
-        if self.num_workers < 0:
-            raise DiagError(f"{source}: {prefix}num_workers must be >= 0")
+        if self.num_workers < 0 or self.threads < 0:
+            raise DiagError(f"{source}: {prefix}num_workers and threads must be >= 0")
         for name, allowed in (("select_epoch", ("last", "best")),
                               ("protocol", ("honest", "paper")),
                               ("keep_checkpoints", ("last", "all"))):

@@ -206,6 +206,8 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
     opt = cfg.train
     state = _prepare_out(out, cfg, resume)
     device = resolve_device(opt.device)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
     sets = build_sets(cfg.data)
     norm = normalization(cfg.model.backbone, cfg.model.normalize)
     size = tuple(opt.input_size)
