@@ -399,7 +399,8 @@ def score_fidelity(real: Sequence[Any], gen: Sequence[Any], extractor: Any,
         gray = "real" if info["real"]["grayscale"] else "generated"
         note(f"the {gray} images are grayscale and the others colour: colour alone raises FID; "
              "convert both sets to the same mode for a fair score")
-    if not region and set(info["real"]["sizes"]) != set(info["generated"]["sizes"]):
+    if (not region and not info["real"]["mixed_sizes"] and not info["generated"]["mixed_sizes"]
+            and info["real"]["sizes"] != info["generated"]["sizes"]):
         note(f"real images are {', '.join(info['real']['sizes'])} and generated "
              f"{', '.join(info['generated']['sizes'])}: both are resized to 299x299, and "
              "resolution differences alone change FID")
