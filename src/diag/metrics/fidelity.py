@@ -390,7 +390,7 @@ def score_fidelity(real: Sequence[Any], gen: Sequence[Any], extractor: Any,
         _warn(msg)
 
     for name in ("real", "generated"):
-        if info[name]["mixed_sizes"]:
+        if info[name]["mixed_sizes"] and not region:  # region crops are square: no distortion
             note(f"{name} images have mixed sizes ({', '.join(info[name]['sizes'])}): each is "
                  "resized to 299x299 on its own, so aspect ratios are distorted differently")
         if info[name]["mixed_channels"]:
