@@ -30,7 +30,7 @@ import numpy as np
 from diag import __version__
 from diag.data import Sample, load_dataset
 from diag.errors import DiagError, where
-from diag.generators.base import Generator, Request, make_generator, paste, rng_for
+from diag.generators.base import Generator, Request, Result, make_generator, paste, rng_for
 from diag.imageio import write_image, write_mask, write_text
 from diag.manifest import ManifestWriter, manifest_name, merge_manifests, read_manifest
 from diag.regions import RegionSource, make_regions
@@ -173,13 +173,8 @@ class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def generate_one(generator: Generator, item: PlanItem, inputs: Inputs
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Generate one planned sample: returns ``(source, image, mask, record)``.
-
-    This is the whole per-sample computation, free of files and global state, so a preview
-    (the web tool) is one call.
-    """
+def prepare(item: PlanItem, inputs: Inputs) -> tuple[Request, dict[str, Any] | None]:
+    """The generator request of a planned sample (its source image, region, prompt, seed)."""
     image = item.source.image
     region, region_info = (None, None)
     if inputs.regions is not None:
@@ -188,17 +183,46 @@ def generate_one(generator: Generator, item: PlanItem, inputs: Inputs
     request = Request(image=image, region=region, seed=item.seed, prompt=item.prompt,
                       negative_prompt=item.negative_prompt, donors=inputs.negatives,
                       defects=inputs.positives, defect=item.defect)
-    result = generator.generate(request)
+    return request, region_info
+
+
+def finish(kind: str, item: PlanItem, request: Request, result: Result,
+           region_info: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Check a generator's result against the contract; returns ``(image, mask, record)``."""
+    image = request.image
     if result.image.shape != image.shape or result.image.dtype != image.dtype:
-        raise RuntimeError(f"{generator.kind} returned {result.image.shape} {result.image.dtype} "
+        raise RuntimeError(f"{kind} returned {result.image.shape} {result.image.dtype} "
                            f"for a {image.shape} {image.dtype} image")
     mask = np.asarray(result.mask, dtype=bool)
     if not mask.any():
-        raise DiagError(f"the {generator.kind} generator changed no pixel of {item.id} (source "
+        raise DiagError(f"the {kind} generator changed no pixel of {item.id} (source "
                         f"{where(item.source.path)}): check the regions section and its parameters")
     out = paste(image, result.image, mask)  # the contract, enforced: nothing outside changes
-    record = {"region": region_info, "info": result.info}
-    return image, out, mask, record
+    return out, mask, {"region": region_info, "info": result.info}
+
+
+def generate_one(generator: Generator, item: PlanItem, inputs: Inputs
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Generate one planned sample: returns ``(source, image, mask, record)``.
+
+    This is the whole per-sample computation, free of files and global state, so a preview
+    (the web tool) is one call.
+    """
+    request, region_info = prepare(item, inputs)
+    image, mask, record = finish(generator.kind, item, request, generator.generate(request),
+                                 region_info)
+    return request.image, image, mask, record
+
+
+def _generate_chunk(generator: Generator, chunk: Sequence[PlanItem], inputs: Inputs
+                    ) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Generate several items, in one batched call when the generator supports it."""
+    if len(chunk) == 1 or not hasattr(generator, "generate_batch"):
+        return [generate_one(generator, it, inputs)[1:] for it in chunk]
+    prepared = [prepare(it, inputs) for it in chunk]
+    results = generator.generate_batch([req for req, _ in prepared])
+    return [finish(generator.kind, it, req, res, info)
+            for it, (req, info), res in zip(chunk, prepared, results, strict=True)]
 
 
 def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
@@ -244,28 +268,34 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
         with ManifestWriter(manifest_path) as manifest, tqdm(
                 total=len(todo), desc=f"generate {spec.generator.kind}", unit="img",
                 disable=None if progress is None else not progress) as bar:
-            for item in todo:
+            batch = max(1, int(getattr(gen.config, "batch_size", 1)))
+            for k in range(0, len(todo), batch):
+                chunk = todo[k:k + batch]
                 t0 = time.perf_counter()
-                _, image, mask, extra = generate_one(gen, item, inputs)
-                write_image(out / "images" / f"{item.id}.png", image)
-                write_mask(out / "masks" / f"{item.id}.png", mask)
-                record = {
-                    "id": item.id, "index": item.index,
-                    "image": f"images/{item.id}.png", "mask": f"masks/{item.id}.png",
-                    "source": str(item.source.path), "source_id": item.source.id,
-                    "defect": item.defect, "prompt": item.prompt,
-                    "negative_prompt": item.negative_prompt, "seed": item.seed,
-                    "spec_seed": spec.seed, **identity, "params": params,
-                    "size": list(image.shape[:2]), "mask_pixels": int(mask.sum()),
-                    **extra, "device": dev, "seconds": round(time.perf_counter() - t0, 4),
-                    "versions": versions,
-                }
-                manifest.append(record)
-                records.append(record)
-                generated += 1
-                if on_sample:
-                    on_sample(record)
-                bar.update(1)
+                made = _generate_chunk(gen, chunk, inputs)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                for item, (image, mask, extra) in zip(chunk, made, strict=True):
+                    t1 = time.perf_counter()
+                    write_image(out / "images" / f"{item.id}.png", image)
+                    write_mask(out / "masks" / f"{item.id}.png", mask)
+                    record = {
+                        "id": item.id, "index": item.index,
+                        "image": f"images/{item.id}.png", "mask": f"masks/{item.id}.png",
+                        "source": str(item.source.path), "source_id": item.source.id,
+                        "defect": item.defect, "prompt": item.prompt,
+                        "negative_prompt": item.negative_prompt, "seed": item.seed,
+                        "spec_seed": spec.seed, **identity, "params": params,
+                        "size": list(image.shape[:2]), "mask_pixels": int(mask.sum()),
+                        **extra, "device": dev,
+                        "seconds": round(seconds + time.perf_counter() - t1, 4),
+                        "versions": versions,
+                    }
+                    manifest.append(record)
+                    records.append(record)
+                    generated += 1
+                    if on_sample:
+                        on_sample(record)
+                    bar.update(1)
     all_done = _done_ids(out)
     complete = all(it.id in all_done for it in plan)
     final = out / "manifest.jsonl"
