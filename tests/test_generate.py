@@ -23,7 +23,7 @@ from diag.spec import load_spec
 
 REQUIRED = {"id", "index", "image", "mask", "source", "source_id", "defect", "prompt",
             "negative_prompt", "seed", "spec_seed", "generator", "model", "params", "size",
-            "mask_pixels", "region", "info", "device", "seconds", "versions"}
+            "mask_pixels", "region", "info", "device", "threads", "seconds", "versions"}
 
 
 def write_spec(tmp: Path, root: Path, generator: dict, counts=(3, 2), regions=None,
@@ -185,7 +185,8 @@ def test_resume_after_kill(tmp_path: Path, example_root: Path, tiny_model: Path)
     (out / "images" / ".crack_00005.png.abc.tmp").write_bytes(b"half")
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     check_outputs(out, 10)
-    run_spec(load_spec(path), tmp_path / "clean")
+    # the uninterrupted reference runs the same way: a fresh process, default torch threads
+    subprocess.run(cmd[:-1] + [str(tmp_path / "clean")], env=env, check=True, capture_output=True)
     for r in read_manifest(tmp_path / "clean"):
         assert (out / r["image"]).read_bytes() == (tmp_path / "clean" / r["image"]).read_bytes()
     lines = (out / "manifest.jsonl").read_text().splitlines()

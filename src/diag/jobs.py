@@ -265,6 +265,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
         identity = gen.describe()
         params = spec.to_dict()["generator"]
         versions = _versions()
+        threads = _torch_threads()
         with ManifestWriter(manifest_path) as manifest, tqdm(
                 total=len(todo), desc=f"generate {spec.generator.kind}", unit="img",
                 disable=None if progress is None else not progress) as bar:
@@ -286,7 +287,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                         "negative_prompt": item.negative_prompt, "seed": item.seed,
                         "spec_seed": spec.seed, **identity, "params": params,
                         "size": list(image.shape[:2]), "mask_pixels": int(mask.sum()),
-                        **extra, "device": dev,
+                        **extra, "device": dev, "threads": threads,
                         "seconds": round(seconds + time.perf_counter() - t1, 4),
                         "versions": versions,
                     }
@@ -306,6 +307,12 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
     skipped = sum(it.id in done for it in mine)
     return RunSummary(out, len(mine), generated, skipped, time.perf_counter() - start,
                       final if final.exists() else manifest_path, complete, records)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _versions() -> dict[str, str]:

@@ -53,6 +53,18 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
+def torch_threads(n: int | None):  # noqa: ANN201
+    """Use ``n`` torch CPU threads for the duration (None or 0: leave as is), then restore."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def deterministic(enabled: bool):  # noqa: ANN201
     """Turn on torch's deterministic algorithms for the duration, then restore."""
     before = torch.are_deterministic_algorithms_enabled()
@@ -187,6 +199,14 @@ def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | 
 
 def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
               progress: bool | None = None) -> dict[str, Any]:
+    """Train one run; see :func:`_train_run`. Torch's thread count is restored afterwards, so
+    training leaves no global state behind for other work in the same process."""
+    with torch_threads(cfg.train.threads):
+        return _train_run(cfg, out, resume, progress)
+
+
+def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
+              progress: bool | None = None) -> dict[str, Any]:
     """Train one model, choose its threshold on validation, score the test set.
 
     Args:
@@ -206,8 +226,6 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
     opt = cfg.train
     state = _prepare_out(out, cfg, resume)
     device = resolve_device(opt.device)
-    if opt.threads:
-        torch.set_num_threads(opt.threads)
     sets = build_sets(cfg.data)
     norm = normalization(cfg.model.backbone, cfg.model.normalize)
     size = tuple(opt.input_size)
