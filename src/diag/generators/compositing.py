@@ -22,6 +22,7 @@ Pixels outside the mask are never touched, whatever the blend.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -124,3 +125,19 @@ def check_choice(value: str, choices: Sequence[str], name: str, source: str, pre
     if value not in choices:
         raise DiagError(f"{source}: {prefix}{name} is '{value}', expected one of "
                         f"{', '.join(choices)}")
+
+
+def check_texture_fill(config: Any, source: str, prefix: str) -> None:
+    """Checks shared by the Perlin + texture generators (memseg, draem): texture source,
+    opacity range, Perlin scale and threshold, jitter, tries."""
+    check_choice(config.texture_source, TEXTURE_SOURCES, "texture_source", source, prefix)
+    check_range(config.opacity, 0.0, 1.0, "opacity", source, prefix)
+    if not 0 <= config.perlin_scale[0] < config.perlin_scale[1] <= 10:
+        raise DiagError(f"{source}: {prefix}perlin_scale must be [min, max) with "
+                        f"0 <= min < max <= 10, got {list(config.perlin_scale)}")
+    if not -1.0 < config.threshold < 1.0:
+        raise DiagError(f"{source}: {prefix}threshold must be in (-1, 1), got {config.threshold}")
+    if not 0 <= config.jitter < 1:
+        raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {config.jitter}")
+    if config.max_tries < 1:
+        raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {config.max_tries}")

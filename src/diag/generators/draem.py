@@ -27,18 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from diag.errors import DiagError
 from diag.generators.base import Request, Result, register, rng_for
-from diag.generators.compositing import (
-    TEXTURE_SOURCES,
-    check_choice,
-    check_range,
-    check_region,
-    composite,
-)
-from diag.generators.perlin import perlin_mask
+from diag.generators.compositing import check_region, check_texture_fill, composite
+from diag.generators.perlin import perlin_defect_mask
 from diag.generators.textures import draem_augment, jitter, pick_texture, texture_files
 
 
@@ -73,20 +65,9 @@ class DraemConfig:
     max_tries: int = 10
 
     def validate(self, source: str, prefix: str) -> None:
-        check_choice(self.texture_source, TEXTURE_SOURCES, "texture_source", source, prefix)
-        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
-        if not 0 <= self.perlin_scale[0] < self.perlin_scale[1] <= 10:
-            raise DiagError(f"{source}: {prefix}perlin_scale must be [min, max) with "
-                            f"0 <= min < max <= 10, got {list(self.perlin_scale)}")
-        if not -1.0 < self.threshold < 1.0:
-            raise DiagError(f"{source}: {prefix}threshold must be in (-1, 1), got "
-                            f"{self.threshold}")
+        check_texture_fill(self, source, prefix)
         if not 0 <= self.augment <= 10:
             raise DiagError(f"{source}: {prefix}augment must be 0 to 10, got {self.augment}")
-        if not 0 <= self.jitter < 1:
-            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
-        if self.max_tries < 1:
-            raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {self.max_tries}")
 
 
 @register
@@ -103,28 +84,13 @@ class DraemGenerator:
     def describe(self) -> dict[str, Any]:
         return {"generator": self.kind, "model": None, "textures": self.config.textures}
 
-    def _mask(self, shape: tuple[int, int], region: np.ndarray | None,
-              rng: np.random.Generator) -> np.ndarray:
-        c = self.config
-        if region is not None and not c.perlin_in_region:
-            return region.copy()
-        for _ in range(c.max_tries):
-            m = perlin_mask(shape, rng, c.perlin_scale[0], c.perlin_scale[1], c.threshold)
-            if region is not None:
-                m &= region
-            if m.any():
-                return m
-        if region is not None:
-            return region.copy()
-        raise DiagError("draem could not draw a non-empty Perlin mask in "
-                        f"{c.max_tries} tries: lower generator.threshold")
-
     def generate(self, request: Request) -> Result:
         c = self.config
         image = request.image
         region = check_region(self.kind, image, request.region)
         rng = rng_for(request.seed)
-        mask = self._mask(image.shape[:2], region, rng)
+        mask = perlin_defect_mask(image.shape[:2], rng, region, c.perlin_in_region,
+                                  c.perlin_scale, c.threshold, c.max_tries, self.kind)
         texture, origin = pick_texture(image, rng, self._files, request.donors, c.texture_source)
         texture, ops = draem_augment(texture, rng, c.augment)
         if c.jitter > 0:

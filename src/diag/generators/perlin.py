@@ -71,3 +71,31 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale: int
         else:
             noise = np.rot90(noise, k)
     return noise > threshold
+
+
+def perlin_defect_mask(shape: tuple[int, int], rng: np.random.Generator,
+                       region: np.ndarray | None, in_region: bool, scale: tuple[int, int],
+                       threshold: float, max_tries: int, kind: str) -> np.ndarray:
+    """The defect mask of a Perlin-noise generator (MemSeg, DRAEM).
+
+    With a spec region and ``in_region`` False, the region itself; otherwise thresholded Perlin
+    blobs (inside the region when there is one), redrawn up to ``max_tries`` times until
+    non-empty, falling back to the whole region.
+
+    Raises:
+        DiagError: no region and no non-empty Perlin mask in ``max_tries`` draws.
+    """
+    from diag.errors import DiagError
+
+    if region is not None and not in_region:
+        return region.copy()
+    for _ in range(max_tries):
+        m = perlin_mask(shape, rng, scale[0], scale[1], threshold)
+        if region is not None:
+            m &= region
+        if m.any():
+            return m
+    if region is not None:
+        return region.copy()
+    raise DiagError(f"{kind} could not draw a non-empty Perlin mask in {max_tries} tries: "
+                    "lower generator.threshold")
