@@ -141,3 +141,14 @@ def check_texture_fill(config: Any, source: str, prefix: str) -> None:
         raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {config.jitter}")
     if config.max_tries < 1:
         raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {config.max_tries}")
+
+
+def check_paste_blend(config: Any, source: str, prefix: str) -> None:
+    """Checks shared by the patch-pasting generators (cutpaste, nsa, copy-paste): opacity range,
+    blend mode, jitter and feather."""
+    check_range(config.opacity, 0.0, 1.0, "opacity", source, prefix)
+    check_choice(config.blend, BLENDS, "blend", source, prefix)
+    if not 0 <= config.jitter < 1:
+        raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {config.jitter}")
+    if config.feather < 0:
+        raise DiagError(f"{source}: {prefix}feather must be >= 0, got {config.feather}")

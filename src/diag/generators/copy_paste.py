@@ -45,9 +45,9 @@ from diag.data.sample import Sample
 from diag.errors import DiagError
 from diag.generators.base import Request, Result, register, rng_for
 from diag.generators.compositing import (
-    BLENDS,
     bbox,
     check_choice,
+    check_paste_blend,
     check_range,
     check_region,
     composite,
@@ -103,15 +103,10 @@ class CopyPasteConfig:
     def validate(self, source: str, prefix: str) -> None:
         check_choice(self.placement, PLACEMENTS, "placement", source, prefix)
         check_choice(self.match, MATCHES, "match", source, prefix)
-        check_choice(self.blend, BLENDS, "blend", source, prefix)
         check_range(self.scale, 0.05, 10.0, "scale", source, prefix)
-        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
+        check_paste_blend(self, source, prefix)
         if self.dilate < 0:
             raise DiagError(f"{source}: {prefix}dilate must be >= 0, got {self.dilate}")
-        if self.feather < 0:
-            raise DiagError(f"{source}: {prefix}feather must be >= 0, got {self.feather}")
-        if not 0 <= self.jitter < 1:
-            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
 
 
 @register

@@ -35,9 +35,9 @@ from PIL import Image
 from diag.errors import DiagError
 from diag.generators.base import Request, Result, register, rng_for
 from diag.generators.compositing import (
-    BLENDS,
     bbox,
     check_choice,
+    check_paste_blend,
     check_range,
     check_region,
     composite,
@@ -88,12 +88,7 @@ class CutPasteConfig:
         check_range(self.scar_width, 1, 10_000, "scar_width", source, prefix)
         check_range(self.scar_length, 1, 10_000, "scar_length", source, prefix)
         check_range(self.scar_angle, -180, 180, "scar_angle", source, prefix)
-        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
-        check_choice(self.blend, BLENDS, "blend", source, prefix)
-        if not 0 <= self.jitter < 1:
-            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
-        if self.feather < 0:
-            raise DiagError(f"{source}: {prefix}feather must be >= 0, got {self.feather}")
+        check_paste_blend(self, source, prefix)
 
 
 @register

@@ -28,12 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from diag.errors import DiagError
 from diag.generators.base import Request, Result, register, rng_for
 from diag.generators.compositing import (
-    BLENDS,
     bbox,
-    check_choice,
+    check_paste_blend,
     check_range,
     check_region,
     composite,
@@ -72,12 +70,7 @@ class NsaConfig:
         check_range(self.patch_size, 1e-3, 1.0, "patch_size", source, prefix)
         check_range(self.resize, 0.05, 10.0, "resize", source, prefix)
         check_range(self.patches, 1, 100, "patches", source, prefix)
-        check_range(self.opacity, 0.0, 1.0, "opacity", source, prefix)
-        check_choice(self.blend, BLENDS, "blend", source, prefix)
-        if not 0 <= self.jitter < 1:
-            raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {self.jitter}")
-        if self.feather < 0:
-            raise DiagError(f"{source}: {prefix}feather must be >= 0, got {self.feather}")
+        check_paste_blend(self, source, prefix)
 
 
 @register
