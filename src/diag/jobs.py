@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -270,6 +271,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                 total=len(todo), desc=f"generate {spec.generator.kind}", unit="img",
                 disable=None if progress is None else not progress) as bar:
             batch = max(1, int(getattr(gen.config, "batch_size", 1)))
+            t_start = t_log = time.perf_counter()
             for k in range(0, len(todo), batch):
                 chunk = todo[k:k + batch]
                 t0 = time.perf_counter()
@@ -297,6 +299,12 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                     if on_sample:
                         on_sample(record)
                     bar.update(1)
+                    now = time.perf_counter()
+                    if bar.disable and progress is not False and now - t_log >= 30:
+                        t_log, rate = now, (now - t_start) / generated  # no tty: a line / 30 s
+                        print(f"generated {generated}/{len(todo)} ({rate:.2f} s/image, about "
+                              f"{rate * (len(todo) - generated) / 60:.0f} min left)",
+                              file=sys.stderr, flush=True)
     all_done = _done_ids(out)
     complete = all(it.id in all_done for it in plan)
     final = out / "manifest.jsonl"

@@ -308,6 +308,10 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
             bar.set_postfix(loss=f"{rec['train_loss']:.4f}",
                             val_ap=f"{rec['val_ap']:.3f}" if rec.get("val_ap") is not None
                             else "-")
+            if bar.disable and progress is not False:  # no terminal: one log line per epoch
+                val = f"{rec['val_ap']:.4f}" if rec.get("val_ap") is not None else "-"
+                print(f"epoch {epoch + 1}/{opt.epochs}: train loss {rec['train_loss']:.4f}, "
+                      f"validation AP {val}", file=sys.stderr, flush=True)
         selected = opt.epochs
         if opt.select_epoch == "best" and best["epoch"] is not None:
             selected = best["epoch"]
