@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from diag import __version__
-from diag.data import Sample, load_dataset
+from diag.data import Sample
 from diag.errors import DiagError, where
 from diag.generators.base import Generator, Request, Result, make_generator, paste, rng_for
 from diag.imageio import write_image, write_mask, write_text
@@ -71,7 +71,7 @@ class Inputs:
 def load_inputs(spec: Spec) -> Inputs:
     """Read the spec's dataset and build its region source."""
     d = spec.dataset
-    samples = load_dataset(d.layout, d.root, d.split, **d.options())
+    samples = d.load()
     negatives = [s for s in samples if not s.label]
     positives = [s for s in samples if s.label]
     if not negatives:

@@ -29,50 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from diag.config import apply_overrides, dump_yaml, from_dict, load_yaml
-from diag.data.layouts import READERS, SPLITS
+from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 from diag.regions import RegionSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class DatasetSpec:
-    """Where the defect-free images (and real masks) come from.
-
-    Attributes:
-        root: Dataset folder.
-        layout: ksdd2, mvtec, magnetic-tile, folder, or auto.
-        split: train, test or all (generate from training images only, to keep test honest).
-        test_fraction: For layouts without an official split: share of images held out.
-        split_seed: Seed of that split.
-        images: folder layout: image subfolder.
-        masks: folder layout: mask subfolder (None: no masks, all images defect-free).
-        mask_suffix: folder layout: mask file stem = image stem + this suffix.
-    """
-
-    root: str
-    layout: str = "auto"
-    split: str = "train"
-    test_fraction: float = 0.3
-    split_seed: int = 0
-    images: str = "."
-    masks: str | None = None
-    mask_suffix: str = ""
-
-    def validate(self, source: str, prefix: str) -> None:
-        if self.layout != "auto" and self.layout not in READERS:
-            raise DiagError(f"{source}: {prefix}layout is '{self.layout}', expected one of auto, "
-                            f"{', '.join(READERS)}")
-        if self.split not in SPLITS:
-            raise DiagError(f"{source}: {prefix}split is '{self.split}', expected one of "
-                            f"{', '.join(SPLITS)}")
-        if not 0 <= self.test_fraction < 1:
-            raise DiagError(f"{source}: {prefix}test_fraction must be in [0, 1)")
-
-    def options(self) -> dict[str, Any]:
-        return {"test_fraction": self.test_fraction, "split_seed": self.split_seed,
-                "images": self.images, "masks": self.masks, "mask_suffix": self.mask_suffix}
 
 
 @dataclass
@@ -104,7 +65,7 @@ class GeneratorSpec:
 class Spec:
     """A whole generate spec. Build it with :func:`load_spec` or :func:`parse_spec`."""
 
-    dataset: DatasetSpec
+    dataset: DatasetRef
     defects: list[DefectSpec]
     generator: GeneratorSpec
     regions: RegionSpec | None = None
@@ -149,7 +110,7 @@ def parse_spec(data: dict[str, Any], source: str = "spec", notes: bool = True) -
     if "dataset" not in data:
         raise DiagError(f"{source}: missing the dataset section (dataset: {{layout: ..., "
                         "root: ...}})")
-    dataset = from_dict(DatasetSpec, data["dataset"], source, "dataset.")
+    dataset = from_dict(DatasetRef, data["dataset"], source, "dataset.")
     defects_raw = data.get("defects")
     if not isinstance(defects_raw, list) or not defects_raw:
         raise DiagError(f"{source}: defects must be a non-empty list of {{name, prompt, count}} "

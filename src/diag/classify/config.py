@@ -27,52 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from diag.config import apply_overrides, from_dict, load_yaml, to_dict
-from diag.data.layouts import READERS, SPLITS
+from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 
 BACKBONES = ("resnet50", "resnet18", "efficientnet-lite0")
-LAYOUTS = ("auto", *READERS)
-
-
-@dataclass
-class DatasetRef:
-    """A dataset folder read by :func:`diag.data.load_dataset`.
-
-    Attributes:
-        root: Dataset folder (relative paths: relative to the config file).
-        layout: ksdd2, mvtec, magnetic-tile, folder, generated or auto.
-        split: train, test or all.
-        test_fraction: Layouts without an official split: share of images held out as test.
-        split_seed: Seed of that split.
-        images: folder layout: image subfolder.
-        masks: folder layout: mask subfolder (none: every image is defect-free).
-        mask_suffix: folder layout: mask stem = image stem + this suffix.
-    """
-
-    root: str
-    layout: str = "auto"
-    split: str = "train"
-    test_fraction: float = 0.3
-    split_seed: int = 0
-    images: str = "."
-    masks: str | None = None
-    mask_suffix: str = ""
-
-    def validate(self, source: str, prefix: str) -> None:
-        if self.layout not in LAYOUTS:
-            raise DiagError(f"{source}: {prefix}layout is '{self.layout}', expected one of "
-                            f"{', '.join(LAYOUTS)}")
-        if self.split not in SPLITS:
-            raise DiagError(f"{source}: {prefix}split is '{self.split}', expected one of "
-                            f"{', '.join(SPLITS)}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise DiagError(f"{source}: {prefix}test_fraction must be in [0, 1), "
-                            f"got {self.test_fraction}")
-
-    def options(self) -> dict[str, Any]:
-        """Keyword options for :func:`diag.data.load_dataset`."""
-        return {"test_fraction": self.test_fraction, "split_seed": self.split_seed,
-                "images": self.images, "masks": self.masks, "mask_suffix": self.mask_suffix}
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diag.classify.config import DataConfig, DatasetRef
+from diag.classify.config import DataConfig
 from diag.classify.models import MEAN_STD
-from diag.data import Sample, load_dataset
+from diag.data import DatasetRef, Sample, load_dataset
 from diag.errors import DiagError, where
 from diag.imageio import image_size, read_image
 
@@ -55,14 +55,9 @@ def _hash01(*parts: object) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def load_ref(ref: DatasetRef) -> list[Sample]:
-    """Read the samples a :class:`DatasetRef` points at."""
-    return load_dataset(ref.layout, ref.root, ref.split, **ref.options())
-
-
 def real_items(ref: DatasetRef, positives: int | str, seed: int = 0) -> list[Item]:
     """Real negatives of ``ref`` plus its positives per ``positives`` (all / none / a number)."""
-    samples = load_ref(ref)
+    samples = ref.load()
     neg = [s for s in samples if s.label == 0]
     pos = [s for s in samples if s.label == 1]
     if positives == "none":
@@ -178,7 +173,7 @@ def build_sets(data: DataConfig, need_test: bool = True) -> SplitData:
                             "raise data.val_fraction or add training images")
     test: list[Item] = []
     if data.test is not None and need_test:
-        test = [Item(f"test/{s.id}", s, s.label, "test") for s in load_ref(data.test)]
+        test = [Item(f"test/{s.id}", s, s.label, "test") for s in data.test.load()]
         if not any(it.label for it in test):
             raise DiagError(f"the test set {where(data.test.root)} (split '{data.test.split}') has "
                             "no positive images, so AP is undefined: use a test set with defects")

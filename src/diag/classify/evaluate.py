@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diag.classify.config import DatasetRef
-from diag.classify.data import ImageSet, Item, check_items, load_ref
+from diag.classify.data import ImageSet, Item, check_items
 from diag.classify.models import build_model
 from diag.classify.train import (
     MODEL_FORMAT,
@@ -30,6 +29,7 @@ from diag.classify.train import (
     summarize,
     write_scores,
 )
+from diag.data import DatasetRef
 from diag.device import resolve_device
 from diag.errors import DiagError, where
 from diag.imageio import write_json
@@ -96,7 +96,7 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
     t0 = time.time()
     dev = resolve_device(device)
     model, info = load_model(checkpoint, dev)
-    samples = load_ref(data)
+    samples = data.load()
     items = [Item(s.id, s, s.label, "eval") for s in samples]
     if not any(it.label for it in items):
         raise DiagError(f"{where(data.root)} (split '{data.split}') has no positive images, so AP "

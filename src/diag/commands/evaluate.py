@@ -32,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.classify.config import DatasetRef
     from diag.classify.evaluate import evaluate, evaluate_seeds
     from diag.commands.train import parse_seeds
     from diag.config import apply_overrides, from_dict
+    from diag.data import DatasetRef
 
     raw = apply_overrides({"root": args.data, "layout": args.layout, "split": args.split},
                           args.overrides)
