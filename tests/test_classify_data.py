@@ -84,6 +84,7 @@ def test_config_file_overrides_and_relative_paths(tmp_path):
     ("train.lr=-1", "lr must be > 0"),
     ("data.val_fraction=1.5", "val_fraction"),
     ("data.real_positives=some", "real_positives"),
+    ("data.val_generated=sometimes", "val_generated"),
     ("train.select_epoch=first", "select_epoch"),
     ("train.input_size=[8,8]", "input_size"),
 ])
@@ -107,10 +108,18 @@ def test_sets_full_and_zero_shot_and_stratified_validation(tmp_path):
     gen = make_generated(tmp_path / "gen", 12)
     full = build_sets(cfg_for(root, generated=[str(gen)], naug=8, val_fraction=0.25).data)
     assert full.info["train"]["positive"] + full.info["validation"]["positive"] == 18
-    assert full.info["validation"]["by_source"] == {"real": 10, "generated:gen": 2}
+    # with real positives, validation is real only (auto) and every generated image trains
+    assert full.info["validation"]["by_source"] == {"real": 10}
+    assert full.info["train"]["by_source"]["generated:gen"] == 8
+    both = build_sets(cfg_for(root, generated=[str(gen)], naug=8, val_fraction=0.25,
+                              val_generated=True).data)
+    assert both.info["validation"]["by_source"] == {"real": 10, "generated:gen": 2}
+    assert [it.key for it in both.val if it.source == "real"] == [
+        it.key for it in full.val]
     assert full.info["generated_available"] == 12
     zero = build_sets(cfg_for(root, generated=[str(gen)], real_positives="none").data)
     assert all(it.source.startswith("generated") for it in zero.train + zero.val if it.label)
+    assert zero.info["validation"]["positive"] > 0  # zero-shot: generated positives validate
     few = build_sets(cfg_for(root, generated=[str(gen)], real_positives=3, val_fraction=0).data)
     assert few.info["train"]["by_source"]["real"] == 33 and not few.val
 

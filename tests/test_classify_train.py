@@ -101,8 +101,9 @@ def test_run_folder_contents(mt_run):
     assert meta["backbone"] == "resnet18" and meta["weights"]["source"].startswith("none")
     assert meta["versions"]["torch"] == torch.__version__
     train, val = meta["data"]["train"], meta["data"]["validation"]
-    gen = train["by_source"]["generated:gen"] + val["by_source"]["generated:gen"]
-    assert gen == 6 and meta["data"]["generated_available"] == 8
+    # full-shot: every generated image trains, validation is real images only
+    assert train["by_source"]["generated:gen"] == 6 and meta["data"]["generated_available"] == 8
+    assert set(val["by_source"]) == {"real"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert all(h["val_ap"] is not None for h in metrics["history"])

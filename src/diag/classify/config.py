@@ -9,6 +9,7 @@ Example (``examples/train.yaml``)::
       naug: 100                    # generated positives to take (null = all)
       test: {root: ../shared/data/magnetic_tile, layout: magnetic-tile, split: test}
       val_fraction: 0.2
+      val_generated: auto          # generated positives in validation only when zero-shot
     model: {backbone: resnet50, pretrained: imagenet}
     train: {epochs: 30, batch_size: 32, lr: 1.0e-4, input_size: [704, 256], seed: 0}
 
@@ -49,6 +50,10 @@ class DataConfig:
         val_fraction: Share of the training set held out, stratified per source and label,
             to pick the threshold (and the epoch, see ``train.select_epoch``).
         val_seed: Seed of that split.
+        val_generated: Whether generated positives are held out for validation too. ``auto``
+            (default): only when there are no real positives (zero-shot); with real positives,
+            validation is real images only, so the threshold and the epoch are chosen for real
+            defects, and every generated image trains.
         balance: Sample positives and negatives equally often in each epoch.
         augment: Light augmentation: random flips and small brightness/contrast changes.
         cache: Keep the resized images in memory (decoded once, before training).
@@ -62,6 +67,7 @@ class DataConfig:
     test: DatasetRef | None = None
     val_fraction: float = 0.2
     val_seed: int = 0
+    val_generated: bool | str = "auto"
     balance: bool = False
     augment: bool = False
     cache: bool = True
@@ -77,6 +83,9 @@ class DataConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise DiagError(f"{source}: {prefix}val_fraction must be in [0, 1), "
                             f"got {self.val_fraction}")
+        if isinstance(self.val_generated, str) and self.val_generated != "auto":
+            raise DiagError(f"{source}: {prefix}val_generated is '{self.val_generated}', "
+                            "expected auto, true or false")
         if self.train is None and not self.generated:
             raise DiagError(f"{source}: {prefix}train is missing: set data.train.root to the "
                             "real training set (and/or data.generated to generate folders)")

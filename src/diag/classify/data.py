@@ -165,12 +165,19 @@ def build_sets(data: DataConfig, need_test: bool = True) -> SplitData:
                if c["positive"] == 0 else "set data.train to a dataset with defect-free images")
         raise DiagError(f"the training set has no {missing} images ({c['total']} images, all one "
                         f"class): {fix}")
-    train, val = split_validation(items, data.val_fraction, data.val_seed)
+    val_generated = data.val_generated
+    if val_generated == "auto":
+        val_generated = not any(it.label and it.source == "real" for it in items)
+    held = items if val_generated else [it for it in items if it.source == "real"]
+    _, val = split_validation(held, data.val_fraction, data.val_seed)
+    val_keys = {it.key for it in val}
+    train = [it for it in items if it.key not in val_keys]
     if data.val_fraction > 0:
         vc = counts(val)
         if vc["positive"] == 0 or vc["negative"] == 0:
             raise DiagError(f"the validation split ({vc['total']} images) holds only one class: "
-                            "raise data.val_fraction or add training images")
+                            "raise data.val_fraction, add training images, or set "
+                            "data.val_generated: true")
     test: list[Item] = []
     if data.test is not None and need_test:
         test = [Item(f"test/{s.id}", s, s.label, "test") for s in data.test.load()]
