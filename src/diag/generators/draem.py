@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from diag.errors import DiagError
-from diag.generators.base import Request, Result, register, rng_for
-from diag.generators.compositing import check_region, check_texture_fill, composite
-from diag.generators.perlin import perlin_defect_mask
-from diag.generators.textures import draem_augment, jitter, pick_texture, texture_files
+from diag.generators.base import Request, Result, register
+from diag.generators.compositing import check_texture_fill, composite
+from diag.generators.memseg import perlin_texture_defect
+from diag.generators.textures import texture_files
 
 
 @dataclass
@@ -86,15 +86,8 @@ class DraemGenerator:
 
     def generate(self, request: Request) -> Result:
         c = self.config
-        image = request.image
-        region = check_region(self.kind, image, request.region)
-        rng = rng_for(request.seed)
-        mask = perlin_defect_mask(image.shape[:2], rng, region, c.perlin_in_region,
-                                  c.perlin_scale, c.threshold, c.max_tries, self.kind)
-        texture, origin = pick_texture(image, rng, self._files, request.donors, c.texture_source)
-        texture, ops = draem_augment(texture, rng, c.augment)
-        if c.jitter > 0:
-            texture = jitter(texture, rng, c.jitter)
+        rng, mask, texture, info = perlin_texture_defect(self.kind, request, c, self._files,
+                                                         c.augment)
         beta = float(rng.uniform(*c.opacity))
-        out = composite(image, texture, mask, "alpha", beta)
-        return Result(out, mask, {"texture": origin, "augment": ops, "opacity": round(beta, 4)})
+        out = composite(request.image, texture, mask, "alpha", beta)
+        return Result(out, mask, {**info, "opacity": round(beta, 4)})

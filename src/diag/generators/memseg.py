@@ -22,6 +22,7 @@ on the same masks); with ``perlin_in_region: true`` it is the Perlin blobs insid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from diag.generators.base import Request, Result, blend, register, rng_for
 from diag.generators.compositing import check_region, check_texture_fill
 from diag.generators.perlin import perlin_defect_mask
-from diag.generators.textures import jitter, pick_texture, texture_files
+from diag.generators.textures import draem_augment, jitter, pick_texture, texture_files
 
 
 @dataclass
@@ -77,14 +78,30 @@ class MemSegGenerator:
 
     def generate(self, request: Request) -> Result:
         c = self.config
-        region = check_region(self.kind, request.image, request.region)
-        rng = rng_for(request.seed)
-        mask = perlin_defect_mask(request.image.shape[:2], rng, region, c.perlin_in_region,
-                                  c.perlin_scale, c.threshold, c.max_tries, self.kind)
-        texture, origin = pick_texture(request.image, rng, self._files, request.donors,
-                                       c.texture_source)
-        if c.jitter > 0:
-            texture = jitter(texture, rng, c.jitter)
+        rng, mask, texture, info = perlin_texture_defect(self.kind, request, c, self._files)
         delta = float(rng.uniform(*c.opacity))
         out = blend(request.image, texture, mask.astype(np.float32) * delta)
-        return Result(out, mask, {"texture": origin, "opacity": round(delta, 4)})
+        return Result(out, mask, {**info, "opacity": round(delta, 4)})
+
+
+def perlin_texture_defect(kind: str, request: Request, c: Any, files: list[Path],
+                          augment: int | None = None
+                          ) -> tuple[np.random.Generator, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The Perlin mask and the texture that fills it, shared by memseg and draem.
+
+    Draws, in this order, from the request's seeded generator: the mask (the given region, or
+    Perlin blobs), the texture, DRAEM's augmentations (when ``augment`` is not None) and the
+    jitter. Returns the generator (for the caller's blending draws), mask, texture and what to
+    record in the manifest.
+    """
+    region = check_region(kind, request.image, request.region)
+    rng = rng_for(request.seed)
+    mask = perlin_defect_mask(request.image.shape[:2], rng, region, c.perlin_in_region,
+                              c.perlin_scale, c.threshold, c.max_tries, kind)
+    texture, origin = pick_texture(request.image, rng, files, request.donors, c.texture_source)
+    info: dict[str, Any] = {"texture": origin}
+    if augment is not None:
+        texture, info["augment"] = draem_augment(texture, rng, augment)
+    if c.jitter > 0:
+        texture = jitter(texture, rng, c.jitter)
+    return rng, mask, texture, info
