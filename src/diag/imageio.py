@@ -14,6 +14,7 @@ np.int64(4)
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -139,6 +140,15 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON (indented, keys in order given) atomically."""
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (to record exactly which weights were used)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def list_images(folder: Path, exclude_suffixes: Iterable[str] = ()) -> list[Path]:

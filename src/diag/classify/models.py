@@ -20,7 +20,6 @@ Pretrained weights (``model.pretrained``):
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diag.errors import DiagError, where
+from diag.imageio import sha256_file
 
 TORCHVISION_WEIGHTS = {"resnet50": "ResNet50_Weights", "resnet18": "ResNet18_Weights"}
 # the reference code used torchvision's pretrained=True, i.e. the V1 ImageNet weights
@@ -162,14 +162,6 @@ def hub_cache_file(backbone: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_state_dict(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -245,7 +237,7 @@ def build_model(backbone: str, pretrained: str = "imagenet") -> tuple[OneLogit, 
     if path is not None:
         _load_backbone(model, backbone, _read_state_dict(path), path)
         info["file"] = str(path)
-        info["sha256"] = _sha256(path)
+        info["sha256"] = sha256_file(path)
     head = _head_name(backbone)
     old = getattr(model, head)
     setattr(model, head, nn.Linear(old.in_features, 1))

