@@ -16,3 +16,10 @@ for r in zero full fullaug fullaug_mixedval; do
 t=m['at_threshold']; print(sys.argv[2], {k: round(m[k], 3) for k in ('ap', 'auroc')}, \
 {k: round(t[k], 3) for k in ('precision', 'recall')})" out/mt_$r/metrics.json $r
 done
+# Spread over training seeds (same data, validation split and Naug choice): SEEDS=0,1,2
+if [ -n "${SEEDS:-}" ]; then
+  $diag train $here/train.yaml --out out/mt_full_seeds --seeds "$SEEDS" \
+      --set data.real_positives=all --set 'data.generated=[]' --set data.naug=null
+  $diag train $here/train.yaml --out out/mt_fullaug_seeds --seeds "$SEEDS" \
+      --set data.real_positives=all
+fi
