@@ -24,7 +24,7 @@ from PIL import Image
 
 from diag.data import load_dataset
 from diag.generators import Request, make_generator
-from diag.generators.tiny import write_tiny_sdxl_inpainting
+from diag.generators.diffusion.tiny import write_tiny_sdxl_inpainting
 from diag.regions import place_mask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from diag.jobs import load_inputs, make_plan
-from diag.manifest import read_manifest
-from diag.spec import load_spec
+from diag.data.manifest import read_manifest
+from diag.generate import load_inputs, make_plan
+from diag.generate.spec import load_spec
 
 
 def spec_file(tmp: Path, root: Path | str, name: str = "spec.yaml", **changes) -> Path:

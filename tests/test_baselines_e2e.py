@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from diag.data.manifest import read_manifest
 from diag.imageio import read_image, read_mask
-from diag.manifest import read_manifest
 
 KINDS = ("memseg", "cutpaste", "draem", "nsa", "copy-paste")
 

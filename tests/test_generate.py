@@ -13,17 +13,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
+from diag.data.manifest import read_manifest
+from diag.generate import load_inputs, make_plan, run_spec
+from diag.generate.spec import load_spec
+from diag.generators.base import Generator, GeneratorError, Request, Result
+from diag.generators.memseg import MemSegConfig
 from diag.imageio import read_image
-from diag.jobs import load_inputs, make_plan, run_spec
-from diag.manifest import read_manifest
-from diag.spec import load_spec
 
 REQUIRED = {"id", "index", "image", "mask", "source", "source_id", "defect", "prompt",
             "negative_prompt", "seed", "spec_seed", "generator", "model", "params", "size",
-            "mask_pixels", "region", "info", "device", "threads", "seconds", "versions"}
+            "mask_pixels", "region", "info", "background", "device", "threads", "seconds",
+            "versions"}
 
 
 def write_spec(tmp: Path, root: Path, generator: dict, counts=(3, 2), regions=None,
@@ -62,7 +66,10 @@ def check_outputs(out: Path, expected: int) -> list[dict]:
         mask = mask_arr == 255
         assert mask.any() and mask.sum() == r["mask_pixels"]
         assert img.shape == src.shape and img.dtype == np.uint8  # size and grayscale kept
-        assert np.array_equal(img[~mask], src[~mask]), "pixels outside the mask are untouched"
+        if r["background"] == "exact":
+            assert np.array_equal(img[~mask], src[~mask]), "pixels outside the mask are untouched"
+        else:
+            assert r["background"] == "resampled" and r["info"]["paper_overlay"] == "diffusers"
         assert list(img.shape[:2]) == r["size"]
     return records
 
@@ -85,14 +92,25 @@ def test_diffusion_path_on_real_images(tmp_path: Path, example_root: Path, tiny_
     assert (img[mask] != src[mask]).mean() > 0.5
 
 
-def test_paper_resize_mode_keeps_background(tmp_path: Path, example_root: Path,
-                                            tiny_model: Path) -> None:
+def test_paper_resize_mode_both_overlays(tmp_path: Path, example_root: Path,
+                                         tiny_model: Path) -> None:
     spec = load_spec(write_spec(tmp_path, example_root, tiny(tiny_model, resize="paper"),
                                 counts=(2, 0)))
-    run_spec(spec, tmp_path / "out")
-    records = check_outputs(tmp_path / "out", 2)
-    assert all(r["info"]["model_size"] == [128, 128] for r in records)
-    assert all(r["info"]["crop_box"] == [0, r["size"][0], 0, r["size"][1]] for r in records)
+    run_spec(spec, tmp_path / "exact")
+    records = check_outputs(tmp_path / "exact", 2)
+    for r in records:
+        assert r["info"]["model_size"] == [128, 128] and r["info"]["padding_mask_crop"] == 2
+        assert r["background"] == "exact" and len(r["info"]["model_crop_box"]) == 4
+    ref = load_spec(write_spec(tmp_path, example_root, tiny(tiny_model, resize="paper",
+                                                            paper_overlay="diffusers"),
+                               counts=(2, 0), name="ref.yaml"))
+    run_spec(ref, tmp_path / "ref")
+    for a, b in zip(records, check_outputs(tmp_path / "ref", 2), strict=True):
+        assert b["background"] == "resampled"
+        img_a, img_b = read_image(tmp_path / "exact" / a["image"]), read_image(tmp_path / "ref" /
+                                                                               b["image"])
+        mask = np.asarray(Image.open(tmp_path / "exact" / a["mask"])) > 0
+        assert np.array_equal(img_a[mask], img_b[mask]), "the same defect, two overlays"
 
 
 def test_memseg_on_full_dataset(tmp_path: Path, mt_root: Path) -> None:
@@ -256,17 +274,52 @@ def test_copy_of_example_with_relative_paths(tmp_path: Path, cli) -> None:
 
 
 def test_batched_diffusion_calls(tmp_path: Path, example_root: Path, tiny_model: Path) -> None:
-    """batch_size > 1 groups samples that share a model input size into one pipeline call; each
-    sample keeps its own seeded noise, so it matches the unbatched image up to float rounding."""
-    gen = tiny(tiny_model, resize="paper")  # paper mode: every sample has the same model size
-    one = load_spec(write_spec(tmp_path, example_root, gen, counts=(3, 1)))
+    """batch_size > 1 groups samples that share a model input size (and negative prompt or
+    none) into one pipeline call; each keeps its own seeded noise and its image."""
+    data = tmp_path / "same-size"
+    data.mkdir()
+    for p in sorted((example_root / "MT_Free" / "Imgs").glob("*.jpg"))[:4]:
+        Image.open(p).convert("L").resize((240, 160)).save(data / f"{p.stem}.png")
+    area = tmp_path / "area.json"
+    area.write_text(json.dumps({"polygons": [[[0.4, 0.4], [0.6, 0.4], [0.6, 0.55], [0.4, 0.55]]],
+                                "normalized": True}))
+    regions = {"source": "drawn", "path": str(area)}
+    dataset = {"dataset": {"layout": "folder", "root": str(data), "split": "all"}}
+    one = load_spec(write_spec(tmp_path, example_root, tiny(tiny_model), counts=(3, 1),
+                               regions=regions), [f"dataset={json.dumps(dataset['dataset'])}"])
     run_spec(one, tmp_path / "one")
-    batched = load_spec(write_spec(tmp_path, example_root, {**gen, "batch_size": 3},
-                                   counts=(3, 1), name="b.yaml"))
+    batched = load_spec(write_spec(tmp_path, example_root, {**tiny(tiny_model), "batch_size": 3},
+                                   counts=(3, 1), regions=regions, name="b.yaml"),
+                        [f"dataset={json.dumps(dataset['dataset'])}"])
     run_spec(batched, tmp_path / "batched")
     records = check_outputs(tmp_path / "batched", 4)
     assert [r["info"]["batch"] for r in records] == [3, 3, 3, 1]
     for r in records:
         a = read_image(tmp_path / "one" / r["image"]).astype(int)
         b = read_image(tmp_path / "batched" / r["image"]).astype(int)
-        assert np.abs(a - b).max() <= 2
+        assert np.abs(a - b).max() <= 1
+
+
+class Leaky(Generator):
+    """A deliberately broken generator: it paints its region and also one pixel outside it."""
+
+    kind = "leaky"
+    Config = MemSegConfig
+
+    def generate(self, request: Request) -> Result:
+        image = request.image.copy()
+        mask = np.zeros(image.shape[:2], bool)
+        mask[5:9, 5:9] = True
+        image[mask] = 255 - image[mask]
+        image[0, 0] = 255 - image[0, 0]
+        return Result(image, mask)
+
+
+def test_a_generator_that_leaks_is_an_error_naming_it(tmp_path: Path, example_root: Path,
+                                                      cli) -> None:
+    spec = load_spec(write_spec(tmp_path, example_root, {"kind": "memseg"}, counts=(2, 0)))
+    with pytest.raises(GeneratorError, match="generator 'leaky' changed 1 pixels outside its "
+                                             "mask in crack_00000.*row 0, column 0"):
+        run_spec(spec, tmp_path / "out", generator=Leaky(MemSegConfig()))
+    assert read_manifest(tmp_path / "out") == [], "nothing recorded, nothing repaired"
+    assert not (tmp_path / "out" / "images").exists()

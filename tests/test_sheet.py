@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from diag.data import load_dataset
+from diag.data.manifest import ManifestWriter
 from diag.errors import DiagError
+from diag.generate.sheet import ROWS, contact_sheet, overlay, save_contact_sheet, zoom_box
 from diag.generators import Request, make_generator
 from diag.imageio import read_image, write_image, write_mask
-from diag.manifest import ManifestWriter
-from diag.sheet import ROWS, contact_sheet, overlay, save_contact_sheet, zoom_box
 
 
 def make_output(out: Path, kind: str, root: Path, n: int = 3) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from diag.errors import DiagError
-from diag.spec import load_spec, parse_spec
+from diag.generate.spec import load_spec, parse_spec
 
 
 def test_example_spec_defaults_are_the_reference_codes(example_root: Path) -> None:

@@ -40,8 +40,8 @@ def _choose(args: argparse.Namespace, spec_path: Path) -> tuple[str, object | No
         return "memseg", None
     import torch
 
+    from diag.generate.spec import load_spec
     from diag.generators import make_generator
-    from diag.spec import load_spec
 
     if not torch.cuda.is_available():
         if args.generator == "diffusion":
@@ -63,9 +63,9 @@ def _choose(args: argparse.Namespace, spec_path: Path) -> tuple[str, object | No
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.jobs import run_spec
-    from diag.sheet import save_contact_sheet
-    from diag.spec import load_spec
+    from diag.generate import run_spec
+    from diag.generate.sheet import save_contact_sheet
+    from diag.generate.spec import load_spec
 
     spec_path = examples_dir() / "magnetic_tile.yaml"
     kind, gen = _choose(args, spec_path)

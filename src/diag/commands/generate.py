@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diag.data import describe
-    from diag.jobs import load_inputs, make_plan, parse_shard, run_spec, shard_of
-    from diag.spec import load_spec
+    from diag.generate import load_inputs, make_plan, parse_shard, run_spec, shard_of
+    from diag.generate.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     shard = parse_shard(args.shard)

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diag.errors import DiagError
-    from diag.sheet import save_contact_sheet
+    from diag.generate.sheet import save_contact_sheet
 
     if args.tile < 16:
         raise DiagError(f"--tile must be at least 16 pixels, got {args.tile}")

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.generators.tiny import write_tiny_sdxl_inpainting
+    from diag.generators.diffusion.tiny import write_tiny_sdxl_inpainting
 
     path = write_tiny_sdxl_inpainting(args.dir, seed=args.seed)
     print(f"tiny SDXL-inpainting pipeline written to {path} "

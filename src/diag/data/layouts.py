@@ -174,7 +174,7 @@ def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | 
 
 def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
     """Samples of a ``diag generate`` output folder (all positives), in plan order."""
-    from diag.manifest import read_manifest
+    from diag.data.manifest import read_manifest
 
     root = _check_root(root, "generated")
     records = read_manifest(root)

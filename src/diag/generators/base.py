@@ -13,11 +13,13 @@ registered by name, so ``generator: {kind: memseg}`` in a spec finds the class.
 >>> bool((res.image != img)[~res.mask].any())
 False
 
-Contract (checked by the job runner for every sample):
+Contract (checked by :func:`check_result` for every sample ``diag generate`` makes; a broken
+contract is an error naming the generator, never silently repaired):
 
 * ``result.image`` has the shape and dtype of ``request.image`` (grayscale stays ``HxW``).
 * every pixel outside ``result.mask`` equals the source pixel, byte for byte;
-* the same request (same seed) gives the same result on the same machine.
+* the same request (same seed) gives the same result on the same machine, whichever other
+  requests share its :meth:`Generator.generate_batch` call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,25 +69,58 @@ class Result:
         image: The new image, same shape and dtype as the request's.
         mask: Boolean ``HxW``: every changed pixel is inside it.
         info: Facts worth recording in the manifest (crop box, texture file, ...).
+        background: ``exact`` (the contract: no pixel outside ``mask`` changed) or
+            ``resampled`` (the whole image went through a resize, as the reference DIAG code
+            does; only the diffusion generator's ``paper_overlay: diffusers`` declares it, and
+            the manifest records it).
     """
 
     image: np.ndarray
     mask: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    background: str = "exact"
 
 
-class Generator(Protocol):
-    """A defect generator: ``Generator(config, device).generate(request) -> Result``."""
+class GeneratorError(DiagError):
+    """A generator broke its contract (wrong shape, or pixels changed outside its mask)."""
 
-    kind: ClassVar[str]
+
+class Generator:
+    """Base class of every defect generator.
+
+    A subclass sets ``kind`` (its name in specs) and ``Config`` (its parameter dataclass) and
+    implements :meth:`generate`; it is made available by name with :func:`register`. The base
+    class keeps the config and device, describes the generator for the manifest, and runs
+    batches one sample at a time unless the subclass batches for real (diffusion).
+    """
+
+    kind: ClassVar[str] = ""
     Config: ClassVar[type]
-    config: Any
 
-    def generate(self, request: Request) -> Result: ...
+    def __init__(self, config: Any, device: str = "cpu") -> None:
+        self.config = config
+        self.device = device
+
+    @property
+    def batch_size(self) -> int:
+        """Samples the runner hands over per :meth:`generate_batch` call."""
+        return max(1, int(getattr(self.config, "batch_size", 1)))
+
+    def identity(self) -> dict[str, Any]:
+        """Extra manifest fields naming what the generator was made of (weights, textures)."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
-        """Identity of the generator for the manifest (kind, model id, revision...)."""
-        ...
+        """Identity of the generator for the manifest: kind, model, and :meth:`identity`."""
+        return {"generator": self.kind, "model": None, **self.identity()}
+
+    def generate(self, request: Request) -> Result:
+        """Make one sample (see the module docstring for the contract)."""
+        raise NotImplementedError
+
+    def generate_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """Make several samples; each result must equal what :meth:`generate` gives alone."""
+        return [self.generate(r) for r in requests]
 
 
 GENERATORS: dict[str, type] = {}
@@ -127,6 +162,43 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
     """A NumPy generator for one sample (and an optional sub-stream), stable across machines."""
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF,
                                                          *stream]))
+
+
+def check_result(kind: str, request: Request, result: Result, sample: str = "a sample"
+                 ) -> np.ndarray:
+    """Check a generator's result against the contract; return its mask as ``bool``.
+
+    Raises:
+        GeneratorError: wrong shape or dtype, a mask of another size, a pixel changed outside
+            the mask (unless the result declares ``background: resampled``), or no change.
+    """
+    image = request.image
+    if result.image.shape != image.shape or result.image.dtype != image.dtype:
+        raise GeneratorError(f"generator '{kind}' returned a {result.image.shape} "
+                             f"{result.image.dtype} image for the {image.shape} {image.dtype} "
+                             f"source of {sample}: it must keep the source's shape and dtype")
+    mask = np.asarray(result.mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise GeneratorError(f"generator '{kind}' returned a {mask.shape} mask for the "
+                             f"{image.shape[:2]} image of {sample}")
+    if result.background not in ("exact", "resampled"):
+        raise GeneratorError(f"generator '{kind}' declared background '{result.background}' for "
+                             f"{sample}: use exact or resampled")
+    if result.background == "exact":
+        changed = result.image != image
+        if changed.ndim == 3:
+            changed = changed.any(axis=2)
+        leak = changed & ~mask
+        if leak.any():
+            y, x = (int(v[0]) for v in np.nonzero(leak))
+            raise GeneratorError(
+                f"generator '{kind}' changed {int(leak.sum())} pixels outside its mask in "
+                f"{sample} (first at row {y}, column {x}): its mask must cover every pixel it "
+                "changes")
+    if not mask.any():
+        raise GeneratorError(f"generator '{kind}' changed no pixel of {sample} (empty mask): "
+                             "check the regions section and the generator's parameters")
+    return mask
 
 
 def paste(source: np.ndarray, generated: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from scipy import ndimage
 
 from diag.data.sample import Sample
 from diag.errors import DiagError
-from diag.generators.base import Request, Result, register, rng_for
+from diag.generators.base import Generator, Request, Result, register, rng_for
 from diag.generators.compositing import (
     bbox,
     check_choice,
@@ -110,18 +110,18 @@ class CopyPasteConfig:
 
 
 @register
-class CopyPasteGenerator:
+class CopyPasteGenerator(Generator):
     """Real defects cut along their masks and pasted onto defect-free images."""
 
     kind: ClassVar[str] = "copy-paste"
     Config: ClassVar[type] = CopyPasteConfig
 
     def __init__(self, config: CopyPasteConfig, device: str = "cpu") -> None:
-        self.config = config
+        super().__init__(config, device)
         self._cuts: dict[str, np.ndarray] = {}  # sample id -> cut mask (for region matching)
 
-    def describe(self) -> dict[str, Any]:
-        return {"generator": self.kind, "model": None, "defects": list(self.config.defects)}
+    def identity(self) -> dict[str, Any]:
+        return {"defects": list(self.config.defects)}
 
     def _positives(self, defects: Sequence[Sample], planned: str = "") -> list[Sample]:
         """Real positives to cut from: ``generator.defects`` classes if set, else the planned

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from diag.errors import DiagError
-from diag.generators.base import Request, Result, register, rng_for
+from diag.generators.base import Generator, Request, Result, register, rng_for
 from diag.generators.compositing import (
     bbox,
     check_choice,
@@ -92,17 +92,12 @@ class CutPasteConfig:
 
 
 @register
-class CutPasteGenerator:
+class CutPasteGenerator(Generator):
     """CutPaste's rectangle and scar patches, cut from and pasted into the same image."""
 
     kind: ClassVar[str] = "cutpaste"
     Config: ClassVar[type] = CutPasteConfig
 
-    def __init__(self, config: CutPasteConfig, device: str = "cpu") -> None:
-        self.config = config
-
-    def describe(self) -> dict[str, Any]:
-        return {"generator": self.kind, "model": None}
 
     def _cut(self, image: np.ndarray, h: int, w: int, rng: np.random.Generator
              ) -> tuple[np.ndarray, list[int]]:

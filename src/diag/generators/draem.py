@@ -25,13 +25,12 @@ Perlin blobs inside it), so methods can be compared on the same masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from diag.errors import DiagError
 from diag.generators.base import Request, Result, register
 from diag.generators.compositing import check_texture_fill, composite
-from diag.generators.memseg import perlin_texture_defect
-from diag.generators.textures import texture_files
+from diag.generators.memseg import TextureGenerator
 
 
 @dataclass
@@ -71,23 +70,15 @@ class DraemConfig:
 
 
 @register
-class DraemGenerator:
+class DraemGenerator(TextureGenerator):
     """Perlin blobs + augmented texture, DRAEM's anomaly simulation."""
 
     kind: ClassVar[str] = "draem"
     Config: ClassVar[type] = DraemConfig
 
-    def __init__(self, config: DraemConfig, device: str = "cpu") -> None:
-        self.config = config
-        self._files = texture_files(config.textures) if config.textures else []
-
-    def describe(self) -> dict[str, Any]:
-        return {"generator": self.kind, "model": None, "textures": self.config.textures}
-
     def generate(self, request: Request) -> Result:
         c = self.config
-        rng, mask, texture, info = perlin_texture_defect(self.kind, request, c, self._files,
-                                                         c.augment)
+        rng, mask, texture, info = self.texture_defect(request, c.augment)
         beta = float(rng.uniform(*c.opacity))
         out = composite(request.image, texture, mask, "alpha", beta)
         return Result(out, mask, {**info, "opacity": round(beta, 4)})

@@ -22,12 +22,11 @@ on the same masks); with ``perlin_in_region: true`` it is the Perlin blobs insid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from diag.generators.base import Request, Result, blend, register, rng_for
+from diag.generators.base import Generator, Request, Result, blend, register, rng_for
 from diag.generators.compositing import check_region, check_texture_fill
 from diag.generators.perlin import perlin_defect_mask
 from diag.generators.textures import draem_augment, jitter, pick_texture, texture_files
@@ -62,46 +61,50 @@ class MemSegConfig:
         check_texture_fill(self, source, prefix)
 
 
+class TextureGenerator(Generator):
+    """Shared by memseg and draem: the texture files of ``config.textures``, listed once."""
+
+    def __init__(self, config: Any, device: str = "cpu") -> None:
+        super().__init__(config, device)
+        self._files = texture_files(config.textures) if config.textures else []
+
+    def identity(self) -> dict[str, Any]:
+        return {"textures": self.config.textures}
+
+    def texture_defect(self, request: Request, augment: int | None = None
+                       ) -> tuple[np.random.Generator, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The Perlin mask and the texture that fills it.
+
+        Draws, in this order, from the request's seeded generator: the mask (the given region,
+        or Perlin blobs), the texture, DRAEM's augmentations (when ``augment`` is not None) and
+        the jitter. Returns the generator (for the caller's blending draws), mask, texture and
+        what to record in the manifest.
+        """
+        c = self.config
+        region = check_region(self.kind, request.image, request.region)
+        rng = rng_for(request.seed)
+        mask = perlin_defect_mask(request.image.shape[:2], rng, region, c.perlin_in_region,
+                                  c.perlin_scale, c.threshold, c.max_tries, self.kind)
+        texture, origin = pick_texture(request.image, rng, self._files, request.donors,
+                                       c.texture_source)
+        info: dict[str, Any] = {"texture": origin}
+        if augment is not None:
+            texture, info["augment"] = draem_augment(texture, rng, augment)
+        if c.jitter > 0:
+            texture = jitter(texture, rng, c.jitter)
+        return rng, mask, texture, info
+
+
 @register
-class MemSegGenerator:
+class MemSegGenerator(TextureGenerator):
     """Perlin region + texture, the MemSeg-style baseline of the DIAG paper."""
 
     kind: ClassVar[str] = "memseg"
     Config: ClassVar[type] = MemSegConfig
 
-    def __init__(self, config: MemSegConfig, device: str = "cpu") -> None:
-        self.config = config
-        self._files = texture_files(config.textures) if config.textures else []
-
-    def describe(self) -> dict[str, Any]:
-        return {"generator": self.kind, "model": None, "textures": self.config.textures}
-
     def generate(self, request: Request) -> Result:
         c = self.config
-        rng, mask, texture, info = perlin_texture_defect(self.kind, request, c, self._files)
+        rng, mask, texture, info = self.texture_defect(request)
         delta = float(rng.uniform(*c.opacity))
         out = blend(request.image, texture, mask.astype(np.float32) * delta)
         return Result(out, mask, {**info, "opacity": round(delta, 4)})
-
-
-def perlin_texture_defect(kind: str, request: Request, c: Any, files: list[Path],
-                          augment: int | None = None
-                          ) -> tuple[np.random.Generator, np.ndarray, np.ndarray, dict[str, Any]]:
-    """The Perlin mask and the texture that fills it, shared by memseg and draem.
-
-    Draws, in this order, from the request's seeded generator: the mask (the given region, or
-    Perlin blobs), the texture, DRAEM's augmentations (when ``augment`` is not None) and the
-    jitter. Returns the generator (for the caller's blending draws), mask, texture and what to
-    record in the manifest.
-    """
-    region = check_region(kind, request.image, request.region)
-    rng = rng_for(request.seed)
-    mask = perlin_defect_mask(request.image.shape[:2], rng, region, c.perlin_in_region,
-                              c.perlin_scale, c.threshold, c.max_tries, kind)
-    texture, origin = pick_texture(request.image, rng, files, request.donors, c.texture_source)
-    info: dict[str, Any] = {"texture": origin}
-    if augment is not None:
-        texture, info["augment"] = draem_augment(texture, rng, augment)
-    if c.jitter > 0:
-        texture = jitter(texture, rng, c.jitter)
-    return rng, mask, texture, info

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from diag.generators.base import Request, Result, register, rng_for
+from diag.generators.base import Generator, Request, Result, register, rng_for
 from diag.generators.compositing import (
     bbox,
     check_paste_blend,
@@ -74,17 +74,12 @@ class NsaConfig:
 
 
 @register
-class NsaGenerator:
+class NsaGenerator(Generator):
     """Rescaled patches of other defect-free images, blended seamlessly (NSA)."""
 
     kind: ClassVar[str] = "nsa"
     Config: ClassVar[type] = NsaConfig
 
-    def __init__(self, config: NsaConfig, device: str = "cpu") -> None:
-        self.config = config
-
-    def describe(self) -> dict[str, Any]:
-        return {"generator": self.kind, "model": None}
 
     def _patch(self, donor: np.ndarray, size: tuple[int, int], scale: float,
                rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:

@@ -1,4 +1,4 @@
-"""Compose: windows around masks, aspect ratios, exact paste-back, grayscale in and out."""
+"""resize: crop: windows around masks, aspect ratios, exact paste-back, grayscale in and out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diag.compose import crop_for_model, paste_back, paste_mask, plan_window
+from diag.generators.diffusion.window import crop_for_model, paste_back, paste_mask, plan_window
 
 
 def _mask(shape, box):
@@ -43,11 +43,6 @@ def test_context_grows_the_window() -> None:
     wide = plan_window(mask, 512, context=2.0, min_size=8)
     assert tight.crop_shape[0] < wide.crop_shape[0]
     assert wide.crop_shape == (200, 200)
-
-
-def test_paper_mode_stretches_whole_image() -> None:
-    w = plan_window(_mask((230, 630), (5, 9, 5, 9)), 1024, mode="paper")
-    assert w.box == (0, 230, 0, 630) and w.size == (1024, 1024)
 
 
 def test_model_mask_stays_binary() -> None:

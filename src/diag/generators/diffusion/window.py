@@ -1,18 +1,16 @@
-"""Crop around the mask, resize for the model, and paste back only the masked pixels.
+"""``resize: crop``: a window around the region, at the model's resolution, pasted back exactly.
 
-This is what keeps model outputs in-distribution and exact: the model sees a window around the
+This is diag's default way through the diffusion model: the model sees a window around the
 defect region with context, at its native resolution and the window's own aspect ratio; the
-result is resized back and only the (optionally dilated/feathered) mask is pasted into the
-source, so every other pixel is byte-identical to the input.
+result is resized back and only the (optionally dilated/feathered) region is pasted into the
+source, so every other pixel is byte-identical to the input. (``resize: paper``, the reference
+code's way, is in :mod:`diag.generators.diffusion.paper`; docs/generate.md compares the two.)
 
 >>> import numpy as np
 >>> mask = np.zeros((256, 640), bool); mask[100:110, 300:420] = True
->>> w = plan_window(mask, resolution=1024, mode="crop", context=1.0)
+>>> w = plan_window(mask, resolution=1024, context=1.0)
 >>> w.box, w.size
 ((0, 250, 178, 543), (832, 1216))
-
-``mode="paper"`` reproduces the reference code: the whole image is stretched to
-``resolution x resolution`` regardless of its aspect ratio.
 """
 
 from __future__ import annotations
@@ -69,24 +67,19 @@ def model_size(crop_h: int, crop_w: int, resolution: int) -> tuple[int, int]:
     return _round(resolution / np.sqrt(aspect)), _round(resolution * np.sqrt(aspect))
 
 
-def plan_window(mask: np.ndarray, resolution: int, mode: str = "crop", context: float = 1.0,
-                min_size: int = 64, max_aspect: float = 4.0) -> Window:
+def plan_window(mask: np.ndarray, resolution: int, context: float = 1.0, min_size: int = 64,
+                max_aspect: float = 4.0) -> Window:
     """Choose the crop around ``mask`` and the model input size.
 
     Args:
         mask: Boolean region to repaint (must have a pixel).
         resolution: The model's native side (1024 for SDXL, 512 for SD 1.5).
-        mode: ``crop`` (window around the mask) or ``paper`` (whole image, stretched square).
         context: Margin added on each side of the mask's box, as a fraction of the box's larger
             side: 0 crops tightly, 1 gives a window about three times the defect.
         min_size: Smallest window side in source pixels (tiny defects still get context).
         max_aspect: Longest/shortest side limit of the window (grown when the image allows).
     """
     h, w = mask.shape
-    if mode == "paper":
-        return Window((0, h, 0, w), (_round(resolution), _round(resolution)))
-    if mode != "crop":
-        raise ValueError(f"unknown resize mode '{mode}'")
     ys, xs = np.nonzero(mask)
     t, b, l, r = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     margin = int(round(context * max(b - t, r - l)))
@@ -130,15 +123,15 @@ def paste_mask(mask: np.ndarray, dilate: int = 0, feather: int = 0) -> np.ndarra
     return alpha
 
 
-def paste_back(source: np.ndarray, generated: Image.Image, window: Window, alpha: np.ndarray
-               ) -> np.ndarray:
+def paste_back(source: np.ndarray, generated: Image.Image, window: Window, alpha: np.ndarray,
+               resample: int = Image.LANCZOS) -> np.ndarray:
     """Resize the model output back to the window and blend it into ``source`` by ``alpha``.
 
     Pixels where ``alpha`` is 0 are copied from ``source`` unchanged; grayscale sources get
     the output's luminance and stay ``HxW``.
     """
     t, b, l, r = window.box
-    back = np.asarray(generated.convert("RGB").resize((r - l, b - t), Image.LANCZOS))
+    back = np.asarray(generated.convert("RGB").resize((r - l, b - t), resample))
     if source.ndim == 2:
         back = to_gray(back)
     out = source.copy()

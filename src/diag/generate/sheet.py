@@ -9,7 +9,7 @@ manifest, so folders generated from one spec (same seed, same regions) line up s
 
 >>> import tempfile, pathlib, numpy as np
 >>> from diag.imageio import write_image, write_mask
->>> from diag.manifest import ManifestWriter
+>>> from diag.data.manifest import ManifestWriter
 >>> out = pathlib.Path(tempfile.mkdtemp())
 >>> img = np.full((40, 60), 120, np.uint8); mask = np.zeros((40, 60), bool); mask[10:20, 5:30] = True
 >>> write_image(out / "src.png", img); write_image(out / "images/a.png", img)
@@ -114,8 +114,8 @@ def _read(path: Path) -> np.ndarray | None:
 def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
             ) -> tuple[str, list[list[Image.Image]]]:
     """The label and the tiles (one list of rows per sample) of one output folder."""
+    from diag.data.manifest import read_manifest
     from diag.imageio import read_mask
-    from diag.manifest import read_manifest
 
     if not folder.is_dir():
         raise DiagError(f"{where(folder)} is not a folder: give diag generate output folders")

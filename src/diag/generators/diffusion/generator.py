@@ -1,0 +1,231 @@
+"""The diffusion inpainting generator: its parameters and the pipeline calls.
+
+Any diffusers inpainting pipeline works (``AutoPipelineForInpainting``): SDXL inpainting by
+default, SD 1.5 / 2 inpainting or others by hub id or local folder. Weights are never
+fine-tuned: the prompt describes the defect and the region says where it goes.
+
+>>> from diag.generators import make_generator, Request
+>>> gen = make_generator("diffusion", {"model": "out/tiny-model", "steps": 10})  # doctest: +SKIP
+>>> result = gen.generate(Request(image=img, region=mask, seed=0, prompt="a thin crack"))  # doctest: +SKIP
+
+The parameters default to the reference DIAG code's: 30 steps, guidance 20, strength 0.99,
+the model's own scheduler and resolution (1024 for SDXL), fp16 weights on a GPU, and
+``padding_mask_crop: 2`` for ``resize: paper``. ``resize`` chooses how the model sees the
+region: ``crop`` (default; :mod:`~diag.generators.diffusion.window`) or ``paper`` (the
+reference's way, :mod:`~diag.generators.diffusion.paper`).
+
+A sample's image does not depend on which samples share its pipeline call: each has its own
+seeded noise, and samples with and without a negative prompt never share a call (SDXL encodes
+a missing negative prompt as zeros, an empty one as text).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from diag.errors import DiagError
+from diag.generators.base import Generator, Request, Result, register
+from diag.generators.diffusion import paper
+from diag.generators.diffusion.pipeline import DEFAULT_MODEL, load_pipeline, model_revision
+from diag.generators.diffusion.window import crop_for_model, paste_back, paste_mask, plan_window
+
+RESIZE_MODES = ("crop", "paper")
+
+
+@dataclass
+class DiffusionConfig:
+    """Parameters of the diffusion inpainting generator (defaults: the reference DIAG code's).
+
+    Attributes:
+        model: Hub id or local folder of a diffusers inpainting pipeline.
+        revision: Hub revision (branch, tag or commit) to pin.
+        variant: Weight files to load: ``auto`` (``fp16`` when running in float16 on a GPU,
+            as the reference, where the repository has them), ``null`` (full precision files)
+            or a variant name.
+        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``float16``, ``bfloat16`` or ``float32``.
+        steps: Denoising steps (reference: 30).
+        guidance_scale: Classifier-free guidance; higher follows the prompt harder (ref: 20).
+        strength: How much of the region is re-noised, 0..1 (reference: 0.99).
+        resize: ``crop`` (a window around the region at the model's resolution and the
+            window's aspect, pasted back exactly) or ``paper`` (the reference's way: the whole
+            image stretched to a square, ``padding_mask_crop``, stretched back).
+        paper_overlay: With ``resize: paper``: ``exact`` (only the region is pasted into the
+            untouched source) or ``diffusers`` (the reference's output as is: diffusers' soft
+            overlay, the whole image resampled).
+        padding_mask_crop: With ``resize: paper``: pixels added around the mask's box before
+            diffusers crops it (reference: 2); null lets the model see the whole square.
+        resolution: Model side in pixels; default is the model's own (1024 for SDXL).
+        context: ``crop``: margin around the region's box as a fraction of its larger side.
+        min_window: ``crop``: smallest window side in source pixels.
+        dilate: Grow the pasted region by this many pixels.
+        feather: Soft edge of this many pixels outside the region when pasting back.
+        scheduler: Replace the scheduler by this diffusers class name (e.g.
+            ``DPMSolverMultistepScheduler``); default keeps the model's (reference).
+        low_vram: Offload idle sub-models to the CPU and decode the VAE in tiles/slices.
+        local_files_only: Never touch the network; load from the local folder or HF cache.
+        batch_size: ``crop``: samples per pipeline call (those sharing a model input size and
+            whether they have a negative prompt). ``paper`` calls one sample at a time, since
+            diffusers' ``padding_mask_crop`` takes one image.
+    """
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    variant: str | None = "auto"
+    dtype: str = "auto"
+    steps: int = 30
+    guidance_scale: float = 20.0
+    strength: float = 0.99
+    resize: str = "crop"
+    paper_overlay: str = "exact"
+    padding_mask_crop: int | None = 2
+    resolution: int | None = None
+    context: float = 1.0
+    min_window: int = 64
+    dilate: int = 0
+    feather: int = 0
+    scheduler: str | None = None
+    low_vram: bool = False
+    local_files_only: bool = False
+    batch_size: int = 1
+
+    def validate(self, source: str, prefix: str) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise DiagError(f"{source}: {prefix}resize is '{self.resize}', expected crop or paper")
+        if self.paper_overlay not in paper.OVERLAYS:
+            raise DiagError(f"{source}: {prefix}paper_overlay is '{self.paper_overlay}', "
+                            "expected exact or diffusers")
+        if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
+            raise DiagError(f"{source}: {prefix}dtype is '{self.dtype}', expected auto, float16, "
+                            "bfloat16 or float32")
+        if self.steps < 1:
+            raise DiagError(f"{source}: {prefix}steps must be >= 1")
+        if not 0 < self.strength <= 1:
+            raise DiagError(f"{source}: {prefix}strength must be in (0, 1]")
+        if int(self.steps * self.strength) < 1:
+            raise DiagError(f"{source}: {prefix}steps x strength must be at least 1 (got "
+                            f"{self.steps} x {self.strength}): raise steps or strength")
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
+            raise DiagError(f"{source}: {prefix}resolution must be a multiple of 8, at least 64 "
+                            f"(got {self.resolution})")
+        if self.padding_mask_crop is not None and self.padding_mask_crop < 0:
+            raise DiagError(f"{source}: {prefix}padding_mask_crop must be >= 0 or null")
+        if self.batch_size < 1:
+            raise DiagError(f"{source}: {prefix}batch_size must be >= 1")
+        if self.context < 0 or self.dilate < 0 or self.feather < 0:
+            raise DiagError(f"{source}: {prefix}context, dilate and feather must be >= 0")
+
+
+@register
+class DiffusionGenerator(Generator):
+    """Zero-shot inpainting of defects with a pretrained diffusion model (DIAG)."""
+
+    kind: ClassVar[str] = "diffusion"
+    Config: ClassVar[type] = DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig, device: str = "cpu", pipeline: Any = None
+                 ) -> None:
+        super().__init__(config, device)
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config, device)
+        self.revision = model_revision(self.pipe, config)
+        unet_size = getattr(getattr(self.pipe, "unet", None), "config", {}).get("sample_size", 128)
+        self.native = int(unet_size) * int(getattr(self.pipe, "vae_scale_factor", 8))
+
+    @property
+    def resolution(self) -> int:
+        """The model side used: ``config.resolution`` or the model's own."""
+        return self.config.resolution or self.native
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": self.kind, "model": self.config.model,
+                "model_revision": self.revision,
+                "model_variant": getattr(self.pipe, "diag_variant", None),
+                "pipeline": type(self.pipe).__name__,
+                "scheduler": type(self.pipe.scheduler).__name__}
+
+    def generate(self, request: Request) -> Result:
+        return self.generate_batch([request])[0]
+
+    def generate_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """Generate several samples; ``crop`` groups those that can share a pipeline call."""
+        for r in requests:
+            if r.region is None or not r.region.any():
+                raise DiagError("the diffusion generator needs a region: add a regions section "
+                                "to the spec (real-masks, drawn or shapes)")
+        if self.config.resize == "paper":
+            return [self._paper(r) for r in requests]
+        return self._crop(requests)
+
+    def _call(self, requests: Sequence[Request], images: list[Any], masks: list[Any],
+              size: tuple[int, int], **extra: Any) -> list[Any]:
+        """One pipeline call; every request has its own seeded generator. The negative prompt
+        is None when no request has one (SDXL then uses zeros), else one string each."""
+        import torch
+
+        c = self.config
+        negatives = [r.negative_prompt for r in requests]
+        if any(negatives) and not all(negatives):
+            raise ValueError("requests with and without a negative prompt must not share a call")
+        seeds = [torch.Generator("cpu").manual_seed(int(r.seed) % 2**63) for r in requests]
+
+        def one(values: list[Any]) -> Any:  # a lone sample is passed as the reference does
+            return values[0] if len(values) == 1 else values
+
+        with torch.inference_mode():
+            return self.pipe(
+                prompt=one([r.prompt for r in requests]),
+                negative_prompt=one(negatives) if all(negatives) else None,
+                image=one(images), mask_image=one(masks), generator=one(seeds),
+                height=size[0], width=size[1], num_inference_steps=c.steps,
+                guidance_scale=c.guidance_scale, strength=c.strength, **extra,
+            ).images
+
+    def _crop(self, requests: Sequence[Request]) -> list[Result]:
+        c = self.config
+        prepared = []
+        for r in requests:
+            alpha = paste_mask(r.region, c.dilate, c.feather)
+            window = plan_window(alpha > 0, self.resolution, c.context, c.min_window)
+            prepared.append((alpha, window, *crop_for_model(r.image, alpha > 0, window)))
+        results: list[Result | None] = [None] * len(requests)
+        groups: dict[tuple[tuple[int, int], bool], list[int]] = {}
+        for i, (_, window, _, _) in enumerate(prepared):
+            groups.setdefault((window.size, bool(requests[i].negative_prompt)), []).append(i)
+        for (size, _), members in groups.items():
+            for k in range(0, len(members), self.batch_size):
+                chunk = members[k:k + self.batch_size]
+                start = time.perf_counter()
+                outputs = self._call([requests[i] for i in chunk], [prepared[i][2] for i in chunk],
+                                     [prepared[i][3] for i in chunk], size)
+                seconds = (time.perf_counter() - start) / len(chunk)
+                for i, out in zip(chunk, outputs, strict=True):
+                    alpha, window = prepared[i][0], prepared[i][1]
+                    info = {"resize": "crop", "crop_box": list(window.box),
+                            "model_size": list(window.size), "batch": len(chunk),
+                            "inference_seconds": round(seconds, 3)}
+                    results[i] = Result(paste_back(requests[i].image, out, window, alpha),
+                                        alpha > 0, info)
+        return [r for r in results if r is not None]
+
+    def _paper(self, request: Request) -> Result:
+        c = self.config
+        side = self.resolution
+        alpha = paste_mask(request.region, c.dilate, c.feather)
+        image, mask = paper.stretch_inputs(request.image, alpha > 0, side)
+        paper.check_mask_survives(mask, f"the sample with seed {request.seed}")
+        extra: dict[str, Any] = {}
+        info: dict[str, Any] = {"resize": "paper", "paper_overlay": c.paper_overlay,
+                                "model_size": [side, side],
+                                "padding_mask_crop": c.padding_mask_crop}
+        if c.padding_mask_crop is not None:
+            extra["padding_mask_crop"] = c.padding_mask_crop
+            info["model_crop_box"] = list(paper.model_crop_box(mask, side, c.padding_mask_crop))
+        start = time.perf_counter()
+        output = self._call([request], [image], [mask], (side, side), **extra)[0]
+        info.update(batch=1, inference_seconds=round(time.perf_counter() - start, 3))
+        out, background = paper.compose_back(request.image, output, alpha, c.paper_overlay)
+        info["background"] = background
+        return Result(out, alpha > 0, info, background)
+

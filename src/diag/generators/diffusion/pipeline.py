@@ -1,0 +1,213 @@
+"""Loading a diffusers inpainting pipeline by hub id or local folder, offline-first.
+
+The same code loads the 7 GB SDXL-inpainting weights for users and the 9 MB tiny test model
+(``diag tiny-model``) for the tests. A hub id is looked up in the local Hugging Face cache
+first and downloaded only when it is missing and the hub can be reached; a failure is one line
+saying how to provide the weights.
+
+``variant: auto`` (the default) loads the half-precision weight files (``fp16``, as the
+reference DIAG code does) when the pipeline runs in float16 on a GPU: about 6.9 GB to
+download for SDXL inpainting instead of 13.9 GB. A repository or folder without such files is
+loaded in full precision instead.
+
+>>> from diag.generators.diffusion.generator import DiffusionConfig
+>>> pipe = load_pipeline(DiffusionConfig(model="out/tiny-model"), "cpu")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.errors import DiagError, where
+
+if TYPE_CHECKING:
+    from diag.generators.diffusion.generator import DiffusionConfig
+
+DEFAULT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+HALF_VARIANT = "fp16"
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A short content hash of a local pipeline: its configs, and its weight files' sizes."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = p.relative_to(folder).as_posix()
+        if p.suffix in (".json", ".txt"):
+            h.update(rel.encode() + b"\0" + p.read_bytes())
+        elif p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"):
+            h.update(f"{rel}\0{p.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def torch_dtype(config: DiffusionConfig, device: str) -> Any:
+    """The torch dtype of ``config.dtype`` (``auto``: float16 on CUDA, float32 elsewhere)."""
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+            "auto": torch.float16 if device.startswith("cuda") else torch.float32}[config.dtype]
+
+
+def _has_variant_files(folder: Path, variant: str) -> bool:
+    return any(folder.rglob(f"*.{variant}.safetensors")) or any(folder.rglob(f"*.{variant}.bin"))
+
+
+def resolve_variant(config: DiffusionConfig, device: str, local: Path | None) -> str | None:
+    """The weight variant to ask for first: ``auto`` means ``fp16`` when running in float16
+    (the local folder must hold fp16 files; a hub repository is tried and falls back)."""
+    import torch
+
+    if config.variant != "auto":
+        return config.variant or None
+    if torch_dtype(config, device) != torch.float16:
+        return None
+    if local is not None:
+        return HALF_VARIANT if _has_variant_files(local, HALF_VARIANT) else None
+    return HALF_VARIANT
+
+
+def _looks_local(model: str) -> bool:
+    return (Path(model).expanduser().exists() or model.startswith((".", "/", "~"))
+            or model.count("/") != 1)
+
+
+def load_pipeline(config: DiffusionConfig, device: str) -> Any:
+    """Load the inpainting pipeline named by ``config.model`` (hub id or local folder).
+
+    The variant actually loaded is kept as ``pipe.diag_variant`` (for the manifest).
+
+    Raises:
+        DiagError: the folder is not a diffusers pipeline, or the weights cannot be had.
+    """
+    from diffusers import AutoPipelineForInpainting
+
+    _quiet_libraries()
+    local = Path(config.model).expanduser()
+    looks_local = _looks_local(config.model)
+    if looks_local:
+        if not local.is_dir():
+            raise DiagError(f"model folder {where(local)} does not exist: set generator.model to "
+                            "a diffusers pipeline folder or a hub id such as " + DEFAULT_MODEL)
+        if not (local / "model_index.json").is_file():
+            raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
+                            "diffusers pipeline (save one with pipe.save_pretrained, or run "
+                            "`diag tiny-model DIR` for a test model)")
+    variant = resolve_variant(config, device, local if looks_local else None)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(config, device)}
+    if config.revision:
+        kwargs["revision"] = config.revision
+    if config.local_files_only:
+        kwargs["local_files_only"] = True
+    name = str(local) if looks_local else config.model
+    try:
+        pipe, variant = _load_with_variant(AutoPipelineForInpainting, name, kwargs, variant,
+                                           fallback=config.variant == "auto",
+                                           hub=not looks_local)
+    except Exception as exc:  # hub, network, and format errors all end here
+        reason = " ".join(str(exc).split())[:200]
+        if looks_local:
+            raise DiagError(f"cannot load the pipeline in {where(local)} ({type(exc).__name__}: "
+                            f"{reason}): check it is a complete diffusers inpainting "
+                            "pipeline") from None
+        raise DiagError(
+            f"cannot load diffusion model '{config.model}' ({type(exc).__name__}: {reason}): "
+            f"on a machine with internet run `hf download {config.model}` (or check the id), "
+            "or set generator.model to a local folder holding the pipeline") from None
+    pipe.diag_variant = variant
+    if config.scheduler:
+        import diffusers
+
+        cls = getattr(diffusers, config.scheduler, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise DiagError(f"unknown scheduler '{config.scheduler}': use a diffusers scheduler "
+                            "class name such as DPMSolverMultistepScheduler")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    if hasattr(pipe, "watermark"):
+        pipe.watermark = None
+    pipe.set_progress_bar_config(disable=True)
+    if config.low_vram and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def _load_with_variant(cls: Any, name: str, kwargs: dict[str, Any], variant: str | None,
+                       fallback: bool, hub: bool) -> tuple[Any, str | None]:
+    """Load with ``variant``; with ``fallback``, a repository without it loads in full."""
+    load = _from_hub if hub else (lambda c, n, kw: c.from_pretrained(n, **kw))
+    if variant is None:
+        return load(cls, name, kwargs), None
+    try:
+        return load(cls, name, {**kwargs, "variant": variant}), variant
+    except ValueError as exc:
+        if not (fallback and "variant" in str(exc)):
+            raise
+    return load(cls, name, kwargs), None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host resolves and accepts a connection (fast check, so an
+    offline machine fails in seconds instead of retrying for half a minute)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(cls: Any, name: str, kwargs: dict[str, Any]) -> Any:
+    """Load from the local HF cache first; go online only if needed and the hub is reachable."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_pretrained(name, **{**kwargs, "local_files_only": True})
+    except ValueError as exc:
+        if "variant" in str(exc):
+            raise  # the cached snapshot has no such variant: let the caller fall back
+        if kwargs.get("local_files_only"):
+            raise
+    except Exception:
+        if kwargs.get("local_files_only"):
+            raise
+    if not _hub_reachable():
+        raise OSError(f"'{name}' is not in the local Hugging Face cache and the hub cannot be "
+                      "reached from this machine")
+    return cls.from_pretrained(name, **kwargs)
+
+
+def model_revision(pipe: Any, config: DiffusionConfig) -> str | None:
+    """The commit of a hub snapshot, a content fingerprint of a local folder, or the pinned
+    revision."""
+    path = Path(str(pipe.config.get("_name_or_path", "")))
+    m = re.search(r"snapshots/([0-9a-f]{40})", path.as_posix())
+    if m:
+        return m.group(1)
+    if path.is_dir():
+        return f"local:{model_fingerprint(path)}"
+    return config.revision
