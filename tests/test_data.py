@@ -124,7 +124,17 @@ def test_mask_size_differs_from_image(tmp_path: Path) -> None:
         load_dataset("ksdd2", tmp_path, "train")
 
 
-def test_ksdd2_missing_mask(tmp_path: Path) -> None:
-    _img(tmp_path / "train" / "1.png")
-    with pytest.raises(DiagError, match="has no mask 1_GT.png"):
-        load_dataset("ksdd2", tmp_path, "train")
+def test_ksdd2_stray_files_are_skipped_with_one_warning(tmp_path: Path, capsys) -> None:
+    """The official KSDD2 download holds '10301 (copy).png' and '10301_GT (copy).png'."""
+    for name in ("10301", "10302"):
+        _img(tmp_path / "train" / f"{name}.png")
+        _mask(tmp_path / "train" / f"{name}_GT.png", box=(0, 2, 0, 2))
+    _img(tmp_path / "train" / "10301 (copy).png")
+    _mask(tmp_path / "train" / "10301_GT (copy).png", box=(0, 2, 0, 2))
+    _img(tmp_path / "train" / "10400.png")  # an image without its mask
+    samples = load_dataset("ksdd2", tmp_path, "train")
+    assert [s.id for s in samples] == ["train/10301", "train/10302"]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "skipped 3 file(s)" in err
+    for name in ("10301 (copy).png", "10301_GT (copy).png", "10400.png"):
+        assert name in err

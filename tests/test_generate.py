@@ -22,7 +22,7 @@ from diag.generate import load_inputs, make_plan, run_spec
 from diag.generate.spec import load_spec
 from diag.generators.base import Generator, GeneratorError, Request, Result
 from diag.generators.memseg import MemSegConfig
-from diag.imageio import read_image
+from diag.imageio import read_image, resize_mask
 
 REQUIRED = {"id", "index", "image", "mask", "source", "source_id", "defect", "prompt",
             "negative_prompt", "seed", "spec_seed", "generator", "model", "params", "size",
@@ -240,7 +240,7 @@ def test_drawn_and_shape_regions(tmp_path: Path, example_root: Path) -> None:
     run_spec(spec, tmp_path / "drawn")
     for r in check_outputs(tmp_path / "drawn", 2):
         h, w = r["size"]
-        expect = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST)) > 0
+        expect = resize_mask(m > 0, (h, w))
         got = np.asarray(Image.open(tmp_path / "drawn" / r["mask"])) > 0
         assert np.array_equal(got, expect), "drawn regions are used as they are"
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from diag.errors import DiagError
+from diag.imageio import read_mask, resize_mask
 from diag.regions import DrawnRegions, place_mask, polygons_to_mask, random_shape, sample_shapes
 from diag.regions.shapes import SHAPES
 
@@ -30,6 +32,40 @@ def test_real_mask_fits_other_sizes_and_stays_binary(seed: int) -> None:
     assert placed.shape == (200, 500) and placed.dtype == bool and placed.any()
     assert abs(info["scale"] - 200 / 380) < 1e-3  # 380 rows shrunk to fit 200
     assert placed.sum() <= m.sum()
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (37, 500), (900, 40)])
+def test_a_thin_mask_that_must_shrink_keeps_its_shape(shape) -> None:
+    """A 1-pixel diagonal crack from a large image, placed on a much smaller one: it stays a
+    thin connected line (never an empty mask, never a filled rectangle)."""
+    m = np.zeros((2000, 1500), bool)
+    rr = np.arange(100, 1900)
+    m[rr, 100 + (rr - 100) * 1200 // 1800] = True
+    placed, info = place_mask(m, shape, np.random.default_rng(0))
+    assert info["scale"] < 1 and placed.any()
+    ys, xs = np.nonzero(placed)
+    box = (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+    assert placed.sum() <= 2 * max(np.ptp(ys), np.ptp(xs)) + 2 < box, "a line, not a box"
+    _, parts = ndimage.label(placed, structure=np.ones((3, 3)))
+    assert parts == 1, "still one connected crack"
+
+
+def test_resize_mask_keeps_every_defect_when_shrinking() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        m = np.zeros(tuple(rng.integers(20, 300, 2)), bool)
+        m[tuple(rng.integers(0, s) for s in m.shape)] = True  # one pixel anywhere
+        out = resize_mask(m, tuple(rng.integers(1, 40, 2)))
+        assert out.sum() == 1, "a single defect pixel survives any shrink"
+    big = resize_mask(np.eye(4, dtype=bool), (8, 8))
+    assert big.sum() == 16 and big[0, 0] and big[1, 1] and not big[0, 2], "nearest when growing"
+
+
+def test_label_masks_of_zeros_and_ones_are_read_as_defects(tmp_path: Path) -> None:
+    m = np.zeros((10, 10), np.uint8)
+    m[2:4, 2:4] = 1
+    Image.fromarray(m).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").sum() == 4
 
 
 @pytest.mark.parametrize("kind", SHAPES)
@@ -71,7 +107,7 @@ def test_drawn_folder_by_stem_with_default(tmp_path: Path) -> None:
     Image.fromarray(a).save(tmp_path / "img1.png")
     (tmp_path / "default.json").write_text(json.dumps({"polygons": [[[0, 0], [5, 0], [5, 5]]]}))
     drawn = DrawnRegions(tmp_path)
-    m1, p1 = drawn.region("img1", (40, 40))  # resized nearest to the image
+    m1, p1 = drawn.region("img1", (40, 40))  # resized to the image
     assert p1.name == "img1.png" and m1[:10].all() and not m1[10:].any()
     m2, p2 = drawn.region("other", (40, 40))
     assert p2.name == "default.json" and m2.any()

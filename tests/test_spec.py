@@ -46,3 +46,14 @@ def test_validation_messages() -> None:
         parse_spec({"dataset": {"root": "d"}, "defects": [{"name": "a"}, {"name": "a"}]})
     with pytest.raises(DiagError, match="missing required field 'dataset.root'"):
         parse_spec({"dataset": {}, "defects": [{"name": "a"}]})
+
+
+def test_set_picks_list_items_by_index(example_root: Path) -> None:
+    spec = load_spec(example_root.parent / "magnetic_tile.yaml",
+                     ["defects.0.count=40", "defects.1.prompt=a pit", "defects.-1.count=3"])
+    assert [d.count for d in spec.defects] == [40, 3]
+    assert spec.defects[1].prompt == "a pit"
+    with pytest.raises(DiagError, match="defects is a list of 2 items: use an index from 0 to 1"):
+        load_spec(example_root.parent / "magnetic_tile.yaml", ["defects.2.count=1"])
+    with pytest.raises(DiagError, match="is a list of 2 items"):
+        load_spec(example_root.parent / "magnetic_tile.yaml", ["defects.name=x"])

@@ -53,7 +53,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: str = "--set"
                     ) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place.
+
+    A number in the path picks a list item: ``defects.0.count=40`` sets the first defect's
+    count.
+
+    >>> apply_overrides({"defects": [{"count": 1}]}, ["defects.0.count=40", "seed=3"])
+    {'defects': [{'count': 40}], 'seed': 3}
+    """
     for item in overrides or []:
         if "=" not in item:
             raise DiagError(f"{source} '{item}' is not of the form key=value "
@@ -63,18 +70,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: s
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise DiagError(f"{source} '{item}': {'.'.join(parts[:depth]) or 'it'} is a "
+                                    f"list of {len(node)} items: use an index from 0 to "
+                                    f"{len(node) - 1}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    if not isinstance(node[int(part)], (dict, list)):
+                        node[int(part)] = {}
+                    node = node[int(part)]
+            elif last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
     return data
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
 def _coerce(value: Any, tp: Any, field: str, source: str) -> Any:

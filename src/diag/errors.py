@@ -7,6 +7,8 @@ traceback; library callers can catch it like any other exception.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -22,3 +24,14 @@ class DiagError(Exception):
 def where(path: str | Path) -> str:
     """Format a path for an error message."""
     return f"'{Path(path)}'"
+
+
+def warn(message: str) -> None:
+    """Tell the user about something diag worked around (one ``warning: ...`` line on stderr)."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def some(names: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b' and 3 more``: a short list of names for a one-line message."""
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

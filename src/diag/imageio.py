@@ -89,12 +89,42 @@ def read_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:
     """Read a mask as a boolean ``HxW`` array: a pixel is defect when its value exceeds threshold.
 
     Colour masks count a pixel as defect when any channel exceeds the threshold, so thin
-    anti-aliased strokes of any colour survive.
+    anti-aliased strokes of any colour survive. A label mask holding only 0 and 1 (the class
+    index convention of segmentation tools) counts its 1s as defect.
     """
     arr = to_array(_open(Path(path)))
     if arr.ndim == 3:
         arr = arr.max(axis=2)
+    if arr.max(initial=0) == 1:
+        return arr > 0
     return arr > threshold
+
+
+def _resize_axis(mask: np.ndarray, n: int, axis: int) -> np.ndarray:
+    size = mask.shape[axis]
+    if n == size:
+        return mask
+    if n > size:  # enlarge: nearest neighbour (pixel centres), as PIL's NEAREST
+        idx = np.minimum(((np.arange(n) + 0.5) * size / n).astype(np.int64), size - 1)
+        return np.take(mask, idx, axis=axis)
+    starts = (np.arange(n) * size) // n  # shrink: each source pixel falls in exactly one bin
+    return np.logical_or.reduceat(mask, starts, axis=axis)
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean mask to ``shape`` (``(H, W)``), keeping it binary and keeping every
+    defect: along an axis that shrinks, an output pixel is set when any source pixel it covers
+    is set, so a 1-pixel scratch stays a connected 1-pixel scratch instead of vanishing;
+    along an axis that grows, nearest neighbour.
+
+    >>> m = np.zeros((10, 40), bool); m[4, :] = True  # a 1-pixel line
+    >>> small = resize_mask(m, (3, 13))
+    >>> small.sum(axis=1).tolist()
+    [0, 13, 0]
+    """
+    h, w = max(1, int(shape[0])), max(1, int(shape[1]))
+    mask = np.asarray(mask, dtype=bool)
+    return np.ascontiguousarray(_resize_axis(_resize_axis(mask, h, 0), w, 1))
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:

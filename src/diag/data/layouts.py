@@ -8,6 +8,8 @@ Layouts:
 
 ``ksdd2``
     KolektorSDD2: flat ``train/`` and ``test/`` folders of ``<id>.png`` with ``<id>_GT.png``.
+    Files that are not such a pair (the official download ships ``10301 (copy).png`` and
+    ``10301_GT (copy).png``) are skipped with one warning naming them.
 ``mvtec``
     MVTec AD (one category): ``train/good``, ``test/<defect>``,
     ``ground_truth/<defect>/<stem>_mask.png``.
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from diag.data.sample import Sample
-from diag.errors import DiagError, where
+from diag.errors import DiagError, some, warn, where
 from diag.imageio import IMAGE_SUFFIXES, image_size, list_images, read_mask
 
 SPLITS = ("train", "test", "all")
@@ -83,17 +85,27 @@ def read_ksdd2(root: Path, split: str = "train", **_: object) -> list[Sample]:
     root = _check_root(root, "ksdd2")
     splits = ["train", "test"] if split == "all" else [split]
     out: list[Sample] = []
+    stray: list[str] = []
     for sp in splits:
         folder = root / sp
         if not folder.is_dir():
             raise DiagError(f"ksdd2 layout expects a folder {where(folder)}: the root must hold "
                             "train/ and test/ with <id>.png and <id>_GT.png")
-        for img in list_images(folder, exclude_suffixes=("_GT",)):
-            mask = _find_mask(folder, img.stem, "_GT")
-            if mask is None:
-                raise DiagError(f"image {where(img)} has no mask {img.stem}_GT.png beside it: "
-                                "ksdd2 needs one mask per image (all black for defect-free)")
+        files = list_images(folder)
+        masks = {p.stem[:-3]: p for p in files if p.stem.endswith("_GT")}
+        paired: set[str] = set()
+        for img in files:
+            mask = masks.get(img.stem)
+            if img.stem.endswith("_GT") or mask is None:
+                continue
+            paired.add(img.stem)
             out.append(Sample(f"{sp}/{img.stem}", img, mask, _positive(mask, img)))
+        stray += [f"{sp}/{p.name}" for p in files if p.stem not in paired
+                  and not (p.stem.endswith("_GT") and p.stem[:-3] in paired)]
+    if stray:
+        warn(f"ksdd2 {where(root)}: skipped {len(stray)} file(s) that are not an <id>.png + "
+             f"<id>_GT.png pair: {some(stray)} (the official download ships such copies; "
+             "delete them to silence this)")
     return out
 
 

@@ -31,7 +31,7 @@ from scipy import ndimage
 from diag.errors import DiagError
 from diag.generators.base import blend as alpha_blend
 from diag.generators.poisson import poisson_blend
-from diag.imageio import to_gray, to_rgb
+from diag.imageio import resize_mask, to_gray, to_rgb
 
 BLENDS = ("alpha", "poisson", "poisson-mixed")
 TEXTURE_SOURCES = ("auto", "folder", "donors", "structure")
@@ -79,13 +79,13 @@ def like(arr: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 
 def resize(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """Resize an ``uint8`` image or a boolean mask to ``(height, width)``."""
+    """Resize an ``uint8`` image or a boolean mask to ``(height, width)`` (masks keep thin
+    structures: :func:`diag.imageio.resize_mask`)."""
     h, w = max(1, int(size[0])), max(1, int(size[1]))
     if arr.shape[:2] == (h, w):
         return arr.copy()
     if arr.dtype == bool:
-        img = Image.fromarray(arr.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
-        return np.asarray(img) > 127
+        return resize_mask(arr, (h, w))
     resample = Image.NEAREST if nearest else Image.BILINEAR
     return np.asarray(Image.fromarray(arr).resize((w, h), resample))
 

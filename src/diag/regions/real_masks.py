@@ -2,8 +2,9 @@
 
 A mask is cut to its bounding box and placed on the target image at the same relative position
 (unchanged when the two images have the same size, as in KSDD2); optional random flips and
-shifts vary it, and it is shrunk (nearest neighbour, so it stays binary) only if its box is
-larger than the target image. The placed mask always lies inside the image.
+shifts vary it, and it is shrunk only if its box is larger than the target image, keeping its
+shape: a pixel of the shrunk mask is set when any pixel it covers was, so a thin crack stays a
+thin crack (:func:`diag.imageio.resize_mask`). The placed mask always lies inside the image.
 
 >>> import numpy as np
 >>> m = np.zeros((10, 20), bool); m[2:4, 5:9] = True
@@ -17,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from diag.imageio import resize_mask
 
 
 def place_mask(mask: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
@@ -48,9 +50,8 @@ def place_mask(mask: np.ndarray, shape: tuple[int, int], rng: np.random.Generato
     h, w = shape
     scale = min(1.0, h / crop.shape[0], w / crop.shape[1])
     if scale < 1.0:
-        size = (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale)))
-        small = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize(size, Image.NEAREST))
-        crop = small > 127 if (small > 127).any() else np.ones((size[1], size[0]), bool)
+        crop = resize_mask(crop, (max(1, int(crop.shape[0] * scale)),
+                                  max(1, int(crop.shape[1] * scale))))
     ch, cw = crop.shape
     cy = rel_cy * h + (rng.uniform(-shift, shift) * h if shift else 0.0)
     cx = rel_cx * w + (rng.uniform(-shift, shift) * w if shift else 0.0)
