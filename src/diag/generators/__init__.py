@@ -3,6 +3,7 @@
 from diag.generators.base import (
     GENERATORS,
     Generator,
+    GeneratorError,
     Request,
     Result,
     generator_config,
@@ -10,8 +11,8 @@ from diag.generators.base import (
     register,
 )
 
-__all__ = ["GENERATORS", "Generator", "Request", "Result", "generator_config", "make_generator",
-           "register"]
+__all__ = ["GENERATORS", "Generator", "GeneratorError", "Request", "Result", "generator_config",
+           "make_generator", "register"]
 
 # Built-in generators register themselves on import.
 from diag.generators import (

@@ -30,7 +30,7 @@ DEFAULT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 HALF_VARIANT = "fp16"
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -95,7 +95,7 @@ def load_pipeline(config: DiffusionConfig, device: str) -> Any:
     """
     from diffusers import AutoPipelineForInpainting
 
-    _quiet_libraries()
+    quiet_libraries()
     local = Path(config.model).expanduser()
     looks_local = _looks_local(config.model)
     if looks_local:

@@ -100,11 +100,11 @@ def build_tiny_sdxl_inpainting(seed: int = 0):  # noqa: ANN201 (diffusers pipeli
 
 def write_tiny_sdxl_inpainting(folder: str | Path, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it to ``folder`` (diffusers format); return the path."""
-    from diffusers.utils import logging as dlog
+    from diag.generators.diffusion.pipeline import quiet_libraries
 
     folder = Path(folder)
     pipe = build_tiny_sdxl_inpainting(seed)
-    dlog.disable_progress_bar()
+    quiet_libraries()
     pipe.save_pretrained(folder)
     (folder / "README.md").write_text(
         "# Tiny SDXL-inpainting pipeline (random weights)\n\n"
