@@ -323,3 +323,40 @@ def test_a_generator_that_leaks_is_an_error_naming_it(tmp_path: Path, example_ro
         run_spec(spec, tmp_path / "out", generator=Leaky(MemSegConfig()))
     assert read_manifest(tmp_path / "out") == [], "nothing recorded, nothing repaired"
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_a_second_run_on_the_same_manifest_is_refused(tmp_path: Path, example_root: Path,
+                                                      cli) -> None:
+    from diag.generate.runner import folder_lock
+
+    path = write_spec(tmp_path, example_root, {"kind": "memseg"}, counts=(2, 1))
+    out = tmp_path / "o"
+    with folder_lock(out, "manifest.jsonl") as held:  # as a running `diag generate` holds it
+        assert held
+        code, _, err = cli("generate", path, "--out", out)
+        assert code == 2 and "another diag generate run is writing" in err
+        code, _, err = cli("generate", path, "--out", out, "--shard", "0/2")
+        assert code == 0, "another shard writes its own manifest"
+    assert cli("generate", path, "--out", out)[0] == 0, "the lock goes with its holder"
+    assert len(read_manifest(out)) == 3
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ("shape", r"returned a \(8, 8, 3\) uint8 image for the \(8, 8\) uint8 source"),
+    ("nothing", "changed no pixel"),
+    ("mask-size", r"returned a \(4, 4\) mask"),
+])
+def test_broken_results_are_errors_naming_the_generator(change: str, match: str) -> None:
+    from diag.generators.base import check_result
+
+    image = np.full((8, 8), 100, np.uint8)
+    req = Request(image=image, region=None, seed=0)
+    mask = np.zeros((8, 8), bool)
+    if change == "shape":
+        res = Result(np.stack([image] * 3, axis=2), mask)
+    elif change == "nothing":
+        res = Result(image.copy(), mask)
+    else:
+        res = Result(image.copy(), np.ones((4, 4), bool))
+    with pytest.raises(GeneratorError, match=f"generator 'g' {match}"):
+        check_result("g", req, res, "s1")

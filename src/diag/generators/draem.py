@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from diag.errors import DiagError
-from diag.generators.base import Request, Result, register
-from diag.generators.compositing import check_texture_fill, composite
+from diag.generators.base import register
+from diag.generators.compositing import check_texture_fill
 from diag.generators.memseg import TextureGenerator
 
 
@@ -75,10 +75,3 @@ class DraemGenerator(TextureGenerator):
 
     kind: ClassVar[str] = "draem"
     Config: ClassVar[type] = DraemConfig
-
-    def generate(self, request: Request) -> Result:
-        c = self.config
-        rng, mask, texture, info = self.texture_defect(request, c.augment)
-        beta = float(rng.uniform(*c.opacity))
-        out = composite(request.image, texture, mask, "alpha", beta)
-        return Result(out, mask, {**info, "opacity": round(beta, 4)})

@@ -62,7 +62,9 @@ class MemSegConfig:
 
 
 class TextureGenerator(Generator):
-    """Shared by memseg and draem: the texture files of ``config.textures``, listed once."""
+    """Memseg and draem: Perlin blobs (or the spec's region) filled with a texture, blended in
+    with an opacity drawn from ``config.opacity``; draem also augments the texture
+    (``config.augment``)."""
 
     def __init__(self, config: Any, device: str = "cpu") -> None:
         super().__init__(config, device)
@@ -94,6 +96,13 @@ class TextureGenerator(Generator):
             texture = jitter(texture, rng, c.jitter)
         return rng, mask, texture, info
 
+    def generate(self, request: Request) -> Result:
+        rng, mask, texture, info = self.texture_defect(request, getattr(self.config, "augment",
+                                                                        None))
+        opacity = float(rng.uniform(*self.config.opacity))  # MemSeg's delta, DRAEM's beta
+        out = blend(request.image, texture, mask.astype(np.float32) * opacity)
+        return Result(out, mask, {**info, "opacity": round(opacity, 4)})
+
 
 @register
 class MemSegGenerator(TextureGenerator):
@@ -101,10 +110,3 @@ class MemSegGenerator(TextureGenerator):
 
     kind: ClassVar[str] = "memseg"
     Config: ClassVar[type] = MemSegConfig
-
-    def generate(self, request: Request) -> Result:
-        c = self.config
-        rng, mask, texture, info = self.texture_defect(request)
-        delta = float(rng.uniform(*c.opacity))
-        out = blend(request.image, texture, mask.astype(np.float32) * delta)
-        return Result(out, mask, {**info, "opacity": round(delta, 4)})
