@@ -85,14 +85,14 @@ def prepare(item: PlanItem, inputs: Inputs) -> tuple[Request, dict[str, Any] | N
                                                           item.source.path.stem, item.defect)
     request = Request(image=image, region=region, seed=item.seed, prompt=item.prompt,
                       negative_prompt=item.negative_prompt, donors=inputs.negatives,
-                      defects=inputs.positives, defect=item.defect)
+                      defects=inputs.positives, defect=item.defect,
+                      name=f"{item.id} (source {where(item.source.path)})")
     return request, region_info
 
 
-def _made(kind: str, item: PlanItem, request: Request, result: Result,
-          region_info: dict[str, Any] | None) -> Made:
-    name = f"{item.id} (source {where(item.source.path)})"
-    mask = check_result(kind, request, result, name)
+def _made(kind: str, request: Request, result: Result, region_info: dict[str, Any] | None
+          ) -> Made:
+    mask = check_result(kind, request, result, request.name)
     return Made(request.image, result.image, mask,
                 {"region": region_info, "info": result.info, "background": result.background})
 
@@ -100,7 +100,7 @@ def _made(kind: str, item: PlanItem, request: Request, result: Result,
 def generate_one(generator: Generator, item: PlanItem, inputs: Inputs) -> Made:
     """Generate one planned sample, checked against the generator contract."""
     request, region_info = prepare(item, inputs)
-    return _made(generator.kind, item, request, generator.generate(request), region_info)
+    return _made(generator.kind, request, generator.generate(request), region_info)
 
 
 def generate_chunk(generator: Generator, chunk: Sequence[PlanItem], inputs: Inputs
@@ -112,5 +112,5 @@ def generate_chunk(generator: Generator, chunk: Sequence[PlanItem], inputs: Inpu
     if len(results) != len(chunk):
         raise GeneratorError(f"generator '{generator.kind}' returned {len(results)} results for "
                         f"{len(chunk)} requests")
-    return [_made(generator.kind, it, req, res, info)
-            for it, (req, info), res in zip(chunk, prepared, results, strict=True)]
+    return [_made(generator.kind, req, res, info)
+            for (req, info), res in zip(prepared, results, strict=True)]

@@ -49,6 +49,7 @@ class Request:
         defects: Real defective images a generator may borrow from (copy-paste).
         defect: The planned defect type's name (``crack``), for generators that match it to
             dataset classes.
+        name: What to call the sample in messages (its id and source file).
     """
 
     image: np.ndarray
@@ -59,6 +60,7 @@ class Request:
     donors: Sequence[Sample] = ()
     defects: Sequence[Sample] = ()
     defect: str = ""
+    name: str = "a sample"
 
 
 @dataclass

@@ -214,7 +214,7 @@ class DiffusionGenerator(Generator):
         side = self.resolution
         alpha = paste_mask(request.region, c.dilate, c.feather)
         image, mask = paper.stretch_inputs(request.image, alpha > 0, side)
-        paper.check_mask_survives(mask, f"the sample with seed {request.seed}")
+        paper.check_mask_survives(mask, request.name)
         extra: dict[str, Any] = {}
         info: dict[str, Any] = {"resize": "paper", "paper_overlay": c.paper_overlay,
                                 "model_size": [side, side],
