@@ -69,7 +69,7 @@ def _sep_config(train: Path, test: Path, **train_opts) -> dict:
 
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory, mt_root):
-    """One real run: Magnetic-tile subset + memseg-generated positives, 2 epochs, paper protocol."""
+    """One real run: Magnetic-tile subset + memseg-generated positives, 2 epochs, honest protocol."""
     from diag.cli import main
 
     base = tmp_path_factory.mktemp("mt")
@@ -84,7 +84,7 @@ def mt_run(tmp_path_factory, mt_root):
                     "generated": [str(base / "gen")], "naug": 6,
                     "test": {"root": str(data), "layout": "magnetic-tile", "split": "test"},
                     "val_fraction": 0.25},
-           "train": {"epochs": 2, "protocol": "paper"}}
+           "train": {"epochs": 2, "protocol": "honest"}}
     (base / "train.yaml").write_text(yaml.safe_dump(cfg))
     run = base / "run"
     assert main(["train", str(base / "train.yaml"), "--out", str(run), *TINY]) == 0
@@ -107,8 +107,13 @@ def test_run_folder_contents(mt_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert all(h["val_ap"] is not None for h in metrics["history"])
-    assert metrics["paper_protocol"]["optimistic"] is True
+    assert [h["model_mode"] for h in metrics["history"]] == ["train", "train"]
+    assert "paper_protocol" not in metrics and metrics["optimistic"] is False
     assert metrics["threshold"]["chosen_on"] == "validation"
+    # generated from split: train, tested on split: test: the leakage guard found nothing
+    assert metrics["overlap"] == {"checked": True, "clean": True, "allowed": False, "found": {}}
+    files = json.loads((run / "training_files.json").read_text())["files"]
+    assert {f["role"] for f in files} == {"image", "generated", "source", "mask"}
 
 
 def test_metrics_match_sklearn_on_saved_scores(mt_run):

@@ -8,7 +8,7 @@ Example (``examples/train.yaml``)::
       generated: [out/crack]       # diag generate output folders
       naug: 100                    # generated positives to take (null = all)
       test: {root: ../shared/data/magnetic_tile, layout: magnetic-tile, split: test}
-      val_fraction: 0.2
+      val_fraction: null           # auto: 0.2 under protocol honest, 0 under protocol paper
       val_generated: auto          # generated positives in validation only when zero-shot
     model: {backbone: resnet50, pretrained: imagenet}
     train: {epochs: 30, batch_size: 32, lr: 1.0e-4, input_size: [704, 256], seed: 0}
@@ -32,6 +32,7 @@ from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 
 BACKBONES = ("resnet50", "resnet18", "efficientnet-lite0")
+DEFAULT_VAL_FRACTION = 0.2
 
 
 @dataclass
@@ -46,9 +47,12 @@ class DataConfig:
         naug: How many generated positives to take over all folders (null: all of them).
             The choice is a seeded hash order, so a smaller Naug is a subset of a larger one.
         naug_seed: Seed of that choice.
-        test: The real test set (never used to choose anything); null: no test scores.
+        test: The real test set; null: no test scores. Under ``train.protocol: honest`` it
+            chooses nothing; ``paper`` needs it (it scores it every epoch and takes the
+            threshold from it, as the reference code does).
         val_fraction: Share of the training set held out, stratified per source and label,
-            to pick the threshold (and the epoch, see ``train.select_epoch``).
+            to pick the threshold (and the epoch, see ``train.select_epoch``). null (default):
+            0.2 under ``train.protocol: honest``, 0 under ``paper`` (every image trains).
         val_seed: Seed of that split.
         val_generated: Whether generated positives are held out for validation too. ``auto``
             (default): only when there are no real positives (zero-shot); with real positives,
@@ -65,7 +69,7 @@ class DataConfig:
     naug: int | None = None
     naug_seed: int = 0
     test: DatasetRef | None = None
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     val_seed: int = 0
     val_generated: bool | str = "auto"
     balance: bool = False
@@ -80,7 +84,7 @@ class DataConfig:
             raise DiagError(f"{source}: {prefix}real_positives must be >= 0")
         if self.naug is not None and self.naug < 0:
             raise DiagError(f"{source}: {prefix}naug must be >= 0 or null (all), got {self.naug}")
-        if not 0.0 <= self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             raise DiagError(f"{source}: {prefix}val_fraction must be in [0, 1), "
                             f"got {self.val_fraction}")
         if isinstance(self.val_generated, str) and self.val_generated != "auto":
@@ -136,9 +140,12 @@ class TrainOptions:
         threads: torch CPU threads (0: torch's default, one per core). On a busy shared
             machine 1 can be many times faster than 2 (see benchmarks/RESULTS-train.md).
         select_epoch: ``last`` or ``best`` (highest validation AP).
-        protocol: ``honest`` (threshold from validation only) or ``paper`` (also report the
-            reference code's test-chosen best-F1 threshold, labelled optimistic). Both save the
-            same files; ``paper`` adds ``paper_protocol`` to metrics.json.
+        protocol: ``honest``: a validation split chooses the threshold, the test set chooses
+            nothing, the model trains in train mode every epoch. ``paper``: train exactly as the
+            reference code (train_ResNet50.py): no validation split, the test set scored after
+            every epoch in eval mode and the model never put back in train mode (so epochs
+            2..N train with BatchNorm in eval mode), the threshold chosen at the best F1 of the
+            test set (optimistic; flagged so in metrics.json). Both save the same files.
         deterministic: Ask torch for deterministic algorithms (exact repeats on CPU).
         keep_checkpoints: ``last`` (one resumable checkpoint, overwritten every epoch) or
             ``all`` (also keep the weights of every epoch).
@@ -185,8 +192,30 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainOptions = field(default_factory=TrainOptions)
 
+    @property
+    def effective_val_fraction(self) -> float:
+        """The validation share in effect: ``data.val_fraction``, or its protocol default."""
+        if self.data.val_fraction is not None:
+            return self.data.val_fraction
+        return 0.0 if self.train.protocol == "paper" else DEFAULT_VAL_FRACTION
+
     def validate(self, source: str, prefix: str) -> None:
-        if self.train.select_epoch == "best" and self.data.val_fraction == 0:
+        if self.train.protocol == "paper":
+            if self.data.val_fraction:
+                raise DiagError(f"{source}: train.protocol is paper but data.val_fraction is "
+                                f"{self.data.val_fraction}: the reference code trains on every "
+                                "training image (no validation split); drop data.val_fraction "
+                                "(or set it to 0) or use protocol: honest")
+            if self.train.select_epoch == "best":
+                raise DiagError(f"{source}: train.protocol is paper but train.select_epoch is "
+                                "best: the paper protocol has no validation split to choose an "
+                                "epoch on; use select_epoch: last or protocol: honest")
+            if self.data.test is None:
+                raise DiagError(f"{source}: train.protocol is paper but data.test is missing: "
+                                "the paper protocol scores the test set after every epoch and "
+                                "takes its threshold from it; set data.test or use protocol: "
+                                "honest")
+        if self.train.select_epoch == "best" and self.effective_val_fraction == 0:
             raise DiagError(f"{source}: train.select_epoch is best but data.val_fraction is 0: "
                             "give a validation share or use select_epoch: last")
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diag.classify.config import DataConfig
+from diag.classify.config import DEFAULT_VAL_FRACTION, DataConfig
 from diag.classify.models import MEAN_STD
 from diag.data import DatasetRef, Sample, load_dataset
 from diag.errors import DiagError, where
@@ -145,8 +145,16 @@ def counts(items: list[Item]) -> dict[str, Any]:
             "by_source": by_source}
 
 
-def build_sets(data: DataConfig, need_test: bool = True) -> SplitData:
+def build_sets(data: DataConfig, need_test: bool = True, val_fraction: float | None = None
+               ) -> SplitData:
     """Make the train / validation / test sets of a config and check them.
+
+    Args:
+        data: The ``data`` part of the config.
+        need_test: Read the test set too (False: leave ``test`` empty).
+        val_fraction: The validation share to hold out; None: ``data.val_fraction``, or 0.2
+            when that is null too (the protocol decides it, see
+            :attr:`~diag.classify.config.TrainConfig.effective_val_fraction`).
 
     Raises:
         DiagError: empty or one-class training or validation set, test set without positives,
@@ -169,10 +177,12 @@ def build_sets(data: DataConfig, need_test: bool = True) -> SplitData:
     if val_generated == "auto":
         val_generated = not any(it.label and it.source == "real" for it in items)
     held = items if val_generated else [it for it in items if it.source == "real"]
-    _, val = split_validation(held, data.val_fraction, data.val_seed)
+    if val_fraction is None:
+        val_fraction = data.val_fraction if data.val_fraction is not None else DEFAULT_VAL_FRACTION
+    _, val = split_validation(held, val_fraction, data.val_seed)
     val_keys = {it.key for it in val}
     train = [it for it in items if it.key not in val_keys]
-    if data.val_fraction > 0:
+    if val_fraction > 0:
         vc = counts(val)
         if vc["positive"] == 0 or vc["negative"] == 0:
             raise DiagError(f"the validation split ({vc['total']} images) holds only one class: "
@@ -186,7 +196,8 @@ def build_sets(data: DataConfig, need_test: bool = True) -> SplitData:
                             "no positive images, so AP is undefined: use a test set with defects")
     check_items(train + val, "training set")
     check_items(test, "test set")
-    info = {"train": counts(train), "validation": counts(val), "test": counts(test),
+    info = {"val_fraction": val_fraction, "train": counts(train), "validation": counts(val),
+            "test": counts(test),
             "generated_available": len(generated_items(data.generated, None))
             if data.generated else 0}
     return SplitData(train, val, test, info)

@@ -4,14 +4,20 @@
 ...              "runs/mt/eval-mt")  # doctest: +SKIP
 >>> m["ap"], m["at_threshold"]["f1"]  # doctest: +SKIP
 
-The threshold is the one stored with the model (chosen on its validation split), unless one is
-given. The output folder gets ``metrics.json``, ``scores.csv`` and ``pr_curve.png``. A run
-folder made with ``--seeds`` (``seed-*/`` inside) is evaluated seed by seed, with the mean and
-standard deviation in ``summary.json``.
+The threshold is the one stored with the model (chosen on its validation split, or on its test
+set under ``protocol: paper``), unless one is given. The output folder gets ``metrics.json``,
+``scores.csv`` and ``pr_curve.png``. A run folder made with ``--seeds`` (``seed-*/`` inside) is
+evaluated seed by seed, with the mean and standard deviation in ``summary.json``.
+
+The evaluated data is checked against the run's ``training_files.json`` (what the model
+trained on, see :mod:`diag.classify.leakage`): any overlap is an error unless
+``allow_overlap`` is given (then it is recorded in metrics.json). A run trained before diag
+wrote that file cannot be checked; a warning line says so.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 
 from diag.classify.data import ImageSet, Item, check_items
+from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, read_training_record
 from diag.classify.models import build_model
 from diag.classify.train import (
     MODEL_FORMAT,
@@ -29,7 +36,7 @@ from diag.classify.train import (
     summarize,
     write_scores,
 )
-from diag.data import DatasetRef
+from diag.data import DatasetRef, Sample
 from diag.device import resolve_device
 from diag.errors import DiagError, where
 from diag.imageio import write_json
@@ -76,6 +83,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
                                  normalization(backbone, cfg["model"].get("normalize", "auto"))),
             "input_size": obj.get("input_size", cfg["train"]["input_size"]),
             "threshold": obj.get("threshold"), "epoch": obj.get("epoch"),
+            "threshold_chosen_on": obj.get("threshold_chosen_on", "validation"),
+            "protocol": obj.get("protocol", cfg["train"].get("protocol", "honest")),
             "batch_size": cfg["train"].get("batch_size", 32)}
     model, _ = build_model(backbone, "none")
     model.load_state_dict(obj["model"])
@@ -83,13 +92,53 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
     return model, info
 
 
-def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = None,
-             device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
-             progress: bool | None = None) -> dict[str, Any]:
-    """Score ``data`` with a trained model; write metrics.json, scores.csv, pr_curve.png.
+def check_against_training(checkpoint: str | Path, data: DatasetRef, samples: list[Sample],
+                           allow_overlap: bool) -> dict[str, Any]:
+    """Compare evaluated samples with what the model trained on (its run's training record).
+
+    Args:
+        checkpoint: The run folder or model file given to :func:`evaluate`.
+        data: The evaluated dataset.
+        samples: Its samples.
+        allow_overlap: Record an overlap instead of stopping.
+
+    Returns:
+        The overlap block for metrics.json (``checked: false`` for a run without a record).
 
     Raises:
-        DiagError: unreadable model or images, or a dataset without positives (AP undefined).
+        DiagError: the evaluated data overlaps the training data and ``allow_overlap`` is
+            False.
+    """
+    record = read_training_record(checkpoint)
+    if record is None:
+        print(f"warning: {where(checkpoint)} has no {TRAINING_FILES} (trained by an older diag): "
+              "cannot check the evaluated data against the training data", file=sys.stderr)
+        return {"checked": False, "reason": f"the run has no {TRAINING_FILES}"}
+    report = find_overlap(record, samples, data, held_out="evaluated")
+    return guard(report, allow_overlap,
+                 f"the evaluated data {where(data.root)} (split '{data.split}') overlaps the "
+                 f"training data of {where(checkpoint)}",
+                 "evaluate on data the model did not train on", held_out="evaluated")
+
+
+def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = None,
+             device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
+             progress: bool | None = None, allow_overlap: bool = False) -> dict[str, Any]:
+    """Score ``data`` with a trained model; write metrics.json, scores.csv, pr_curve.png.
+
+    Args:
+        checkpoint: A run folder (its model.pt) or a model / checkpoint file.
+        data: The dataset to score.
+        out: Output folder; None: write nothing.
+        device: auto, cpu, cuda or cuda:N.
+        threshold: Decision threshold on the logit; None: the model's.
+        batch_size: Images per batch; None: the run's.
+        progress: False hides progress bars; None shows them on a terminal.
+        allow_overlap: Score even data the model trained on (recorded in metrics.json).
+
+    Raises:
+        DiagError: unreadable model or images, a dataset without positives (AP undefined), or
+            one that overlaps the training data without ``allow_overlap``.
     """
     from diag.metrics.detection import detection_report
 
@@ -102,6 +151,7 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
         raise DiagError(f"{where(data.root)} (split '{data.split}') has no positive images, so AP "
                         "is undefined: evaluate on a set with defects")
     check_items(items, "evaluation set")
+    overlap = check_against_training(checkpoint, data, samples, allow_overlap)
     thr = threshold if threshold is not None else info["threshold"]
     ds = ImageSet(items, tuple(info["input_size"]), info["normalize"], progress=progress,
                   desc="loading images")
@@ -109,11 +159,16 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
                    desc=None if progress is False else "scoring")
     y = np.array([it.label for it in items], dtype=int)
     metrics = detection_report(y, scores, thr)
-    metrics["threshold"] = {"value": thr, "chosen_on": "given" if threshold is not None else
-                            "validation split of the training run" if thr is not None else
-                            "none (training checkpoint: pass --threshold)"}
+    trained = info["threshold_chosen_on"]
+    chosen_on = ("given" if threshold is not None else
+                 "none (training checkpoint: pass --threshold)" if thr is None else
+                 "test set of the training run (optimistic)" if trained == "test" else
+                 "validation split of the training run" if trained == "validation" else
+                 f"training run: {trained}")
+    metrics["threshold"] = {"value": thr, "chosen_on": chosen_on}
     metrics["model"] = info
     metrics["data"] = {"root": data.root, "layout": data.layout, "split": data.split}
+    metrics["overlap"] = overlap
     metrics["seconds"] = round(time.time() - t0, 2)
     if out is not None:
         out = Path(out)
@@ -122,7 +177,8 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
         write_scores(out / "scores.csv", _items_rows(items, data.split, scores,
                                                      thr if thr is not None else np.inf))
         plot_pr(out / "pr_curve.png", [(data.split, y, scores)],
-                (data.split, y, scores, thr) if thr is not None else None)
+                (data.split, y, scores, thr) if thr is not None else None,
+                "given threshold" if threshold is not None else "the model's threshold")
     return metrics
 
 

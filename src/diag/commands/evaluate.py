@@ -10,9 +10,11 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a trained classifier on a dataset",
                        description="Score any dataset layout diag reads with a trained model: "
-                                   "AP, AUROC, precision/recall/F1 at the model's validation "
-                                   "threshold, best-F1 (optimistic), confusion counts; writes "
-                                   "metrics.json, scores.csv and pr_curve.png.")
+                                   "AP, AUROC, precision/recall/F1 at the model's threshold, "
+                                   "best-F1 (optimistic), confusion counts; writes "
+                                   "metrics.json, scores.csv and pr_curve.png. Data the model "
+                                   "trained on (per the run's training_files.json) is refused "
+                                   "unless --allow-overlap is given.")
     p.add_argument("checkpoint", help="run folder (uses its model.pt) or a .pt file")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--layout", default="auto",
@@ -23,11 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="output folder (default: RUN_DIR/eval-<data folder name>-<split>)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold on the logit (default: the model's, from validation)")
+                   help="decision threshold on the logit (default: the model's)")
     p.add_argument("--seeds", default=None, metavar="S,S,...|all",
                    help="evaluate RUN_DIR/seed-<s> runs (from diag train --seeds); mean and std")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="score the data even if the model trained on some of it (or on images "
+                        "generated from it); the overlap is recorded in metrics.json")
     p.set_defaults(func=run)
 
 
@@ -43,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     base = ckpt if ckpt.is_dir() else ckpt.parent
     out = args.out or base / f"eval-{Path(args.data).resolve().name}-{args.split}"
-    kw = {"device": args.device, "threshold": args.threshold, "batch_size": args.batch_size}
+    kw = {"device": args.device, "threshold": args.threshold, "batch_size": args.batch_size,
+          "allow_overlap": args.allow_overlap}
     if args.seeds is not None or (ckpt.is_dir() and not (ckpt / "model.pt").exists()
                                   and any(ckpt.glob("seed-*/model.pt"))):
         seeds = None if args.seeds in (None, "all") else parse_seeds(args.seeds)
@@ -59,5 +65,10 @@ def run(args: argparse.Namespace) -> int:
         line += (f"  P {at['precision']:.4f}  R {at['recall']:.4f}  F1 {at['f1']:.4f}  "
                  f"(tp {at['tp']} fp {at['fp']} tn {at['tn']} fn {at['fn']})")
     print(f"{m['n']} images ({m['positives']} defective): {line}")
+    if m["overlap"].get("allowed"):
+        from diag.classify.leakage import describe
+
+        print(f"warning: the model trained on some of this data (--allow-overlap): "
+              f"{describe(m['overlap']['found'], 'evaluated')}", file=sys.stderr)
     print(f"outputs: {out} (metrics.json, scores.csv, pr_curve.png)", file=sys.stderr)
     return 0

@@ -1,9 +1,11 @@
 """Image-level detection metrics, computed from per-image scores and 0/1 labels.
 
-Pure numpy, so they are cheap to import and exact to test: average precision and ROC AUC give
-the same numbers as scikit-learn's ``average_precision_score`` and ``roc_auc_score``. Scores are
-any monotone confidence (logits or probabilities); a sample is predicted positive when its score
-is ``>= threshold``.
+Average precision, ROC AUC and the precision-recall curve are scikit-learn's
+(``average_precision_score``, ``roc_auc_score``, ``precision_recall_curve``); this module adds
+input checks, NaN (not an exception or a warning) where a metric is undefined, the metrics at a
+fixed threshold, the best-F1 threshold, and :func:`reference_best_f1`, the reference code's own
+threshold rule. Scores are any monotone confidence (logits or probabilities); a sample is
+predicted positive when its score is ``>= threshold``.
 
 >>> import numpy as np
 >>> y = np.array([0, 0, 1, 1]); s = np.array([0.1, 0.4, 0.35, 0.8])
@@ -16,9 +18,11 @@ is ``>= threshold``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 UNDEFINED_NO_POSITIVES = "undefined: the set has no positive (defective) images"
 UNDEFINED_ONE_CLASS = "undefined: the set holds only one class"
@@ -38,63 +42,47 @@ def _check(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def precision_recall_curve(labels: Any, scores: Any
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct score used as threshold, highest threshold last.
+    """scikit-learn's precision-recall curve: one point per distinct score used as threshold.
 
-    Returns ``(precision, recall, thresholds)`` like scikit-learn: ``precision`` and ``recall``
-    have one more entry than ``thresholds`` (the final point ``precision=1, recall=0``).
-    Thresholds run in increasing order, one per distinct score.
+    Args:
+        labels: 0/1 ground truth per image.
+        scores: Score per image (higher = more defective).
+
+    Returns:
+        ``(precision, recall, thresholds)``: thresholds in increasing order, one per distinct
+        score; ``precision`` and ``recall`` have one more entry (the final point
+        ``precision=1, recall=0``). Where nothing is predicted positive precision is 1; with no
+        positives at all, recall is 1 everywhere (scikit-learn's conventions, without its
+        warning).
     """
     y, s = _check(labels, scores)
-    tps, fps, thr = _counts(y, s)
-    precision = np.divide(tps, tps + fps, out=np.zeros_like(tps, dtype=float),
-                          where=(tps + fps) > 0)
-    recall = tps / tps[-1] if tps.size and tps[-1] > 0 else np.ones_like(tps, dtype=float)
-    # where nothing is predicted positive, precision is 1 by convention (as in sklearn)
-    precision = np.where((tps + fps) > 0, precision, 1.0)
-    return (np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thr[::-1])
-
-
-def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true/false positive counts at each distinct threshold, high to low."""
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.where(np.diff(s))[0]
-    idx = np.r_[distinct, y.size - 1] if y.size else np.array([], dtype=int)
-    tps = np.cumsum(y)[idx].astype(float)
-    fps = (idx + 1 - tps).astype(float)
-    return tps, fps, s[idx]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no positive class found"
+        precision, recall, thresholds = skm.precision_recall_curve(y, s)
+    return precision, recall, thresholds
 
 
 def average_precision(labels: Any, scores: Any) -> float:
-    """Area under the step PR curve, ``sum_n (R_n - R_{n-1}) P_n`` (no interpolation).
+    """scikit-learn's average precision: ``sum_n (R_n - R_{n-1}) P_n`` (no interpolation).
 
     Returns NaN when there are no positives (AP is undefined then).
     """
     y, s = _check(labels, scores)
     if y.sum() == 0:
         return math.nan
-    precision, recall, _ = precision_recall_curve(y, s)
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
+    return float(skm.average_precision_score(y, s))
 
 
 def auroc(labels: Any, scores: Any) -> float:
-    """Area under the ROC curve (probability a positive outscores a negative, ties count half).
+    """scikit-learn's ROC AUC (probability a positive outscores a negative, ties count half).
 
     Returns NaN when only one class is present.
     """
     y, s = _check(labels, scores)
-    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    if n_pos == 0 or n_neg == 0:
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
         return math.nan
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(s.size, dtype=float)
-    sorted_s = s[order]
-    # average ranks of tied groups
-    starts = np.r_[0, np.where(np.diff(sorted_s))[0] + 1]
-    ends = np.r_[starts[1:], s.size]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, s))
 
 
 def at_threshold(labels: Any, scores: Any, threshold: float) -> dict[str, float | int]:
@@ -124,13 +112,60 @@ def best_f1(labels: Any, scores: Any) -> dict[str, float | int]:
     everywhere and the threshold is just above the highest score.
     """
     y, s = _check(labels, scores)
-    if y.sum() == 0 or y.size == 0:
+    n_pos = int(y.sum())
+    if n_pos == 0:
         top = float(s.max()) if s.size else 0.0
         return at_threshold(y, s, math.nextafter(top, math.inf))
-    tps, fps, thr = _counts(y, s)
-    f1 = 2 * tps / (tps + fps + y.sum())
-    i = int(np.argmax(f1))  # first maximum = highest threshold
-    return at_threshold(y, s, float(thr[i]))
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    # back to integer counts, so that F1 ties are exact ties (2 tp / (tp + fp + P))
+    tp = np.rint(recall[:-1] * n_pos)
+    predicted = np.rint(np.divide(tp, precision[:-1], out=np.zeros_like(tp),
+                                  where=precision[:-1] > 0))
+    f1 = 2 * tp / (predicted + n_pos)
+    i = int(f1.size - 1 - np.argmax(f1[::-1]))  # thresholds increase: last maximum = highest
+    return at_threshold(y, s, float(thresholds[i]))
+
+
+def reference_best_f1(labels: Any, scores: Any) -> dict[str, float]:
+    """The reference code's operating point: best F1 on the PR curve of the scored set itself.
+
+    Mirrors ``evaluate()`` of ``train_ResNet50.py`` (intelligolabs/DIAG), which runs it on the
+    test set after every epoch::
+
+        precision_, recall_, thresholds = precision_recall_curve(targets, predictions)
+        f_measures = 2 * (precision_ * recall_) / (precision_ + recall_ + 0.0000000001)
+        ix_best = np.argmax(f_measures)
+        best_threshold = ((thresholds[ix_best] + thresholds[ix_best - 1]) / 2 if ix_best > 0
+                          else thresholds[ix_best])
+        precision, recall = precision_[ix_best], recall_[ix_best]
+        accuracy = mean((predictions > best_threshold) == targets)
+
+    Ties go to the first maximum, i.e. the lowest threshold. Applied to test data the result is
+    optimistic: the threshold is chosen on the data it is scored on.
+
+    Args:
+        labels: 0/1 ground truth per image.
+        scores: Score per image (the reference passes raw logits).
+
+    Returns:
+        ``precision``, ``recall``, ``f1`` (the reference's F-measure at that point, with its
+        1e-10 in the denominator), ``threshold`` (the midpoint threshold the reference uses for
+        accuracy), ``curve_threshold`` (the PR-curve threshold at the chosen point) and
+        ``accuracy`` (of ``score > threshold``). All NaN when there are no positives.
+    """
+    y, s = _check(labels, scores)
+    if y.sum() == 0:
+        return dict.fromkeys(("precision", "recall", "f1", "threshold", "curve_threshold",
+                              "accuracy"), math.nan)
+    precision_, recall_, thresholds = precision_recall_curve(y, s)
+    f_measures = 2 * (precision_ * recall_) / (precision_ + recall_ + 0.0000000001)
+    ix_best = int(np.argmax(f_measures))
+    best_threshold = ((thresholds[ix_best] + thresholds[ix_best - 1]) / 2 if ix_best > 0
+                      else thresholds[ix_best])
+    return {"precision": float(precision_[ix_best]), "recall": float(recall_[ix_best]),
+            "f1": float(f_measures[ix_best]), "threshold": float(best_threshold),
+            "curve_threshold": float(thresholds[ix_best]),
+            "accuracy": float(np.mean((s > best_threshold) == y.astype(bool)))}
 
 
 def _clean(value: float) -> float | None:
