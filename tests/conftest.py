@@ -50,3 +50,33 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """``tmpfs(name, size="1m")``: a small RAM disk mounted at ``tmp_path / name`` (for full-disk
+    and read-only tests); ``tmpfs.readonly(path)`` remounts it read-only and
+    ``tmpfs.resize(path, size)`` changes its size. Skips where mounting is not allowed (not
+    root, or a container without the capability)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def run(*args: str) -> None:
+        r = subprocess.run(list(args), capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({' '.join(args[:3])}: "
+                        f"{r.stderr.strip() or r.returncode})")
+
+    def mount(name: str, size: str = "1m") -> Path:
+        path = tmp_path / name
+        path.mkdir(parents=True, exist_ok=True)
+        run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+        mounted.append(path)
+        return path
+
+    mount.readonly = lambda path: run("mount", "-o", "remount,ro", str(path))
+    mount.resize = lambda path, size: run("mount", "-o", f"remount,size={size}", str(path))
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -209,6 +209,7 @@ def test_resume_after_kill(tmp_path: Path, example_root: Path, tiny_model: Path)
         assert (out / r["image"]).read_bytes() == (tmp_path / "clean" / r["image"]).read_bytes()
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines) and len(lines) == 10
+    assert not list(out.rglob("*.tmp")), "the killed run's temporary files are gone"
 
 
 def test_other_spec_in_same_folder_is_refused(tmp_path: Path, example_root: Path, cli) -> None:

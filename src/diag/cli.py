@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from diag import __version__, commands
-from diag.errors import DiagError
+from diag.errors import DiagError, os_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DiagError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return DiagError.exit_code
+    except OSError as exc:  # disk full, permissions, read-only disks: the user's to fix
+        if os.environ.get("DIAG_DEBUG"):
+            raise
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return DiagError.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept; run the same command again to resume",

@@ -30,15 +30,39 @@ from diag.errors import DiagError, where
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_THRESHOLD = 127
+MAX_PIXELS_ENV = "DIAG_MAX_IMAGE_PIXELS"
+
+
+def _pixel_limit() -> None:
+    """Pillow refuses images over ``Image.MAX_IMAGE_PIXELS`` x 2 (decompression bombs); a user
+    with genuinely huge images (line-scan cameras) raises the limit with DIAG_MAX_IMAGE_PIXELS
+    (0: no limit)."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if value:
+        try:
+            n = int(float(value))
+        except ValueError:
+            raise DiagError(f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels: set it to an "
+                            "integer (0 for no limit) or unset it") from None
+        Image.MAX_IMAGE_PIXELS = n if n > 0 else None
+
+
+def _too_big(path: Path, exc: Exception) -> DiagError:
+    return DiagError(f"image {where(path)} is larger than Pillow's safety limit against "
+                     f"decompression bombs ({exc}): if the file is genuine, raise the limit with "
+                     f"{MAX_PIXELS_ENV}=<pixels> (0 for none), else replace or remove it")
 
 
 def _open(path: Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DiagError(f"image file {where(path)} does not exist: check the path or the dataset root")
+    _pixel_limit()
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as exc:
+        raise _too_big(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DiagError(
             f"cannot read image {where(path)} ({type(exc).__name__}: {exc}): the file is corrupt or "
@@ -75,11 +99,14 @@ def read_image(path: str | Path) -> np.ndarray:
 def image_size(path: str | Path) -> tuple[int, int]:
     """Return ``(height, width)`` of an image file without decoding its pixels."""
     path = Path(path)
+    _pixel_limit()
     try:
         with Image.open(path) as img:
             w, h = img.size
     except FileNotFoundError:
         raise DiagError(f"image file {where(path)} does not exist: check the path") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_big(path, exc) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DiagError(f"cannot read image {where(path)} ({exc}): replace or remove it") from None
     return h, w
@@ -127,11 +154,27 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(_resize_axis(_resize_axis(mask, h, 0), w, 1))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp gives 0600)
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(path: Path) -> str:
+    """The prefix of the temporary files written beside ``path`` (``.<name>.<random>.tmp``)."""
+    return f".{path.name}."
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_name(path), suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -139,6 +182,24 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete temporary files left in ``folder`` by killed writers, for the files ``names``
+    (all when None); returns what was removed. Only call it while no other process can be
+    writing those files (holding the folder's lock)."""
+    if not folder.is_dir():
+        return []
+    wanted = None if names is None else {temp_name(Path(n)) for n in names}
+    removed = []
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)):
+            continue
+        prefix = p.name[: p.name.rfind(".", 0, len(p.name) - len(TMP_SUFFIX)) + 1]
+        if wanted is None or prefix in wanted:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def encode_png(arr: np.ndarray) -> bytes:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,15 +25,30 @@ from pathlib import Path
 from typing import Any
 
 from diag import __version__
-from diag.data.manifest import ManifestWriter, manifest_name, merge_manifests, read_manifest
-from diag.errors import DiagError, where
-from diag.generate.plan import make_plan, shard_of
-from diag.generate.sample import generate_chunk, load_inputs
+from diag.data.manifest import (
+    MANIFEST,
+    ManifestWriter,
+    manifest_name,
+    merge_manifests,
+    read_manifest,
+)
+from diag.errors import DiagError, warn, where
+from diag.generate.integrity import (
+    INPUTS_FILE,
+    check_generator,
+    check_inputs,
+    fingerprint,
+    read_inputs,
+    write_inputs,
+)
+from diag.generate.plan import PlanItem, iter_plan, shard_of
+from diag.generate.sample import Inputs, generate_chunk, load_inputs
 from diag.generate.spec import Spec
 from diag.generators.base import Generator, make_generator
-from diag.imageio import write_image, write_mask, write_text
+from diag.imageio import TMP_SUFFIX, remove_temp_files, write_image, write_mask, write_text
 
 SPEC_FILE = "spec.yaml"
+MANIFEST_LOCK = "manifest.jsonl"
 
 
 @contextlib.contextmanager
@@ -54,6 +71,20 @@ def folder_lock(out: Path, name: str, wait: bool = False) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _in_use(out: Path) -> bool:
+    """Whether another process holds a manifest lock of ``out`` (is generating there)."""
+    for lock in out.glob(".manifest*.lock"):
+        try:
+            with open(lock, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _fingerprint(data: dict[str, Any]) -> dict[str, Any]:
     """Everything of a spec dict that changes pixels, except counts (which may grow) and the
     device."""
@@ -63,31 +94,100 @@ def _fingerprint(data: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def check_out_folder(spec: Spec, out: Path) -> None:
-    """Refuse to mix two different specs in one output folder; record the spec there."""
+def _old_spec(out: Path) -> dict[str, Any] | None:
     import yaml
 
-    path = out / SPEC_FILE
+    try:
+        old = yaml.safe_load((out / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return old if isinstance(old, dict) and "dataset" in old else None
+
+
+def _spec_diff(spec: Spec, out: Path) -> list[str] | None:
+    """Fields whose change would alter pixels, against the folder's spec.yaml (None: no spec)."""
+    old = _old_spec(out)
+    if old is None:
+        return None
+    old_fp, new_fp = _fingerprint(old), _fingerprint(spec.to_dict())
+    return sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
+
+
+def check_out_path(out: Path) -> None:
+    """``out`` must be a folder, or creatable as one: a one-line error otherwise."""
+    if out.exists() and not out.is_dir():
+        raise DiagError(f"--out {where(out)} is a file, not a folder: give the path of a folder "
+                        "(it is created if missing)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DiagError(f"cannot create --out {where(out)}: {where(parent)} is a file, not a "
+                        "folder: check the path")
+
+
+def writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (or in its nearest existing parent)."""
+    while not folder.exists():
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: bool
+                       ) -> dict[str, Any]:
+    """Own ``out`` for this spec: refuse another spec's samples and changed inputs, record the
+    spec and the inputs, remove temporary files of killed runs. Returns the inputs record.
+
+    A spec.yaml left by a run that made nothing (say, a typo in the model path) is replaced.
+    """
     with folder_lock(out, "spec", wait=True):
-        if path.is_file():
-            try:
-                old = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError:
-                old = None
-            if isinstance(old, dict) and "dataset" in old:
-                old_fp, new_fp = _fingerprint(old), _fingerprint(spec.to_dict())
-                diff = sorted(k for k in set(old_fp) | set(new_fp)
-                              if old_fp.get(k) != new_fp.get(k))
-                if diff:
-                    raise DiagError(f"{where(out)} holds a run of a different spec "
-                                    f"({', '.join(diff)} changed): use a new --out folder, or "
-                                    "remove the old one")
-        write_text(path, spec.to_yaml())
+        finished = _finished(out)
+        has_samples = bool(finished)
+        diff = _spec_diff(spec, out)
+        if diff:
+            if has_samples or _in_use(out):
+                state = "holds samples of" if has_samples else "is being written by"
+                raise DiagError(f"{where(out)} {state} a different spec ({', '.join(diff)} "
+                                "changed): use a new --out folder, or remove the old one")
+            warn(f"{where(out)} held the spec of a run that made no sample: replacing it")
+        remove_temp_files(out, [SPEC_FILE, INPUTS_FILE])
+        text = spec.to_yaml()
+        if diff != [] or (out / SPEC_FILE).read_text(encoding="utf-8") != text:
+            write_text(out / SPEC_FILE, text)
+        paths_of = {s.id: [str(s.path)] + ([str(s.mask_path)] if s.mask_path else [])
+                    for s in [*inputs.negatives, *inputs.positives]}
+        record = check_inputs(out, fingerprint(inputs, spec, read_inputs(out)), finished,
+                              allow_changed, paths_of)
+        write_inputs(out, record)
+    return record
+
+
+def _finished(out: Path) -> list[dict[str, Any]]:
+    """Manifest records whose image and mask are on disk."""
+    return [r for r in read_manifest(out)
+            if (out / r.get("image", "")).is_file() and (out / r.get("mask", "")).is_file()]
 
 
 def _done_ids(out: Path) -> set[str]:
-    return {r["id"] for r in read_manifest(out)
-            if (out / r.get("image", "")).is_file() and (out / r.get("mask", "")).is_file()}
+    return {r["id"] for r in _finished(out)}
+
+
+def _planned(spec: Spec) -> dict[str, int]:
+    """Plan index offset of each defect (item ``k`` of ``d`` is index ``offset[d] + k``)."""
+    offsets, at = {}, 0
+    for d in spec.defects:
+        offsets[d.name] = at
+        at += d.count
+    return offsets
+
+
+def _index_of(spec: Spec, offsets: dict[str, int], item_id: str) -> int | None:
+    """The plan index of a sample id (``crack_00012``), or None when the plan has no such id."""
+    name, _, k = item_id.rpartition("_")
+    if name not in offsets or not k.isdigit():
+        return None
+    count = next(d.count for d in spec.defects if d.name == name)
+    return offsets[name] + int(k) if int(k) < count else None
 
 
 @dataclass
@@ -107,7 +207,8 @@ class RunSummary:
 def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
              limit: int | None = None, device: str | None = None, progress: bool | None = None,
              generator: Generator | None = None,
-             on_sample: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+             on_sample: Callable[[dict[str, Any]], None] | None = None,
+             allow_changed_inputs: bool = False) -> RunSummary:
     """Generate every planned sample of this shard that is not already done.
 
     Args:
@@ -119,43 +220,99 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
         progress: Show a progress bar (None: only on a terminal).
         generator: An already built generator to use (else built from the spec when needed).
         on_sample: Called with each new manifest record.
+        allow_changed_inputs: Continue a folder whose dataset, region files, textures or model
+            changed since its samples were made (recorded in ``inputs.json``).
 
     Raises:
-        DiagError: bad input, a different spec in ``out``, the same shard already running
-            there, or a generator breaking its contract.
+        DiagError: bad input, a different spec in ``out``, changed inputs, the same shard
+            already running there, a folder that cannot be written, or a generator breaking
+            its contract.
     """
     start = time.perf_counter()
     out = Path(out)
+    i, n = shard
+    shard_of([], shard)  # validates the shard
+    if limit is not None and limit < 1:
+        raise DiagError(f"--limit {limit}: give the number of new samples to make, at least 1 "
+                        "(or --dry-run to plan without generating)")
+    if spec.total == 0:
+        raise DiagError(f"{spec.source}: every defect's count is 0, so there is nothing to "
+                        "generate: set defects[i].count")
+    check_out_path(out)
     inputs = load_inputs(spec)
-    plan = make_plan(spec, inputs.negatives)
-    mine = shard_of(plan, shard)
+    offsets = _planned(spec)
+    mine = len(range(i, spec.total, n))
+    if not writable(out):
+        return _read_only(spec, out, shard, mine, offsets, start)
+    out.mkdir(parents=True, exist_ok=True)
+    record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
     manifest_path = out / manifest_name(shard)
-    check_out_folder(spec, out)
     with folder_lock(out, manifest_path.name) as locked:
         if not locked:
             raise DiagError(f"another diag generate run is writing {where(manifest_path)}: wait "
                             "for it to finish (or stop it), or use another --out folder")
         done = _done_ids(out)
-        todo = [it for it in mine if it.id not in done]
-        if limit is not None:
-            todo = todo[:limit]
-        records = _run(spec, out, todo, inputs, manifest_path, device, progress, generator,
-                       on_sample) if todo else []
-    all_done = _done_ids(out)
-    complete = all(it.id in all_done for it in plan)
+        skipped = sum(1 for d in done if (x := _index_of(spec, offsets, d)) is not None
+                      and x % n == i)
+        _remove_my_temp_files(spec, out, offsets, shard)
+        remaining = mine - skipped if limit is None else min(limit, mine - skipped)
+        todo = itertools.islice((it for it in iter_plan(spec, inputs.negatives)
+                                 if it.index % n == i and it.id not in done), remaining)
+        records = _run(spec, out, todo, remaining, inputs, manifest_path, device, progress,
+                       generator, on_sample, record, bool(done),
+                       allow_changed_inputs) if remaining else []
+    return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
+
+
+def _finish(spec: Spec, out: Path, shard: tuple[int, int], mine: int, skipped: int,
+            records: list[dict[str, Any]], offsets: dict[str, int], manifest_path: Path,
+            start: float) -> RunSummary:
+    all_done = {d for d in _done_ids(out) if _index_of(spec, offsets, d) is not None}
+    complete = len(all_done) == spec.total
     final = manifest_path
-    if complete and shard[1] > 1:
-        with folder_lock(out, "manifest.jsonl") as locked:
+    if complete and shard[1] > 1 and writable(out):
+        with folder_lock(out, MANIFEST_LOCK) as locked:
             if locked:
+                remove_temp_files(out, [MANIFEST])
                 final = merge_manifests(out)
-    skipped = sum(it.id in done for it in mine)
-    return RunSummary(out, len(mine), len(records), skipped, time.perf_counter() - start,
+    return RunSummary(out, mine, len(records), skipped, time.perf_counter() - start,
                       final if final.exists() else manifest_path, complete, records)
 
 
-def _run(spec: Spec, out: Path, todo: list, inputs: Any, manifest_path: Path,
-         device: str | None, progress: bool | None, generator: Generator | None,
-         on_sample: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+def _read_only(spec: Spec, out: Path, shard: tuple[int, int], mine: int,
+               offsets: dict[str, int], start: float) -> RunSummary:
+    """A folder that cannot be written: fine when it already holds this whole spec's set."""
+    diff = _spec_diff(spec, out)
+    done = {d for d in _done_ids(out) if _index_of(spec, offsets, d) is not None}
+    if diff is None or diff or len(done) < spec.total:
+        raise DiagError(f"cannot write to {where(out)} (permission denied or a read-only disk) "
+                        "and it does not hold this spec's finished set: choose a writable --out")
+    skipped = sum(1 for d in done if _index_of(spec, offsets, d) % shard[1] == shard[0])
+    manifest = out / MANIFEST if (out / MANIFEST).exists() else out / manifest_name(shard)
+    return RunSummary(out, mine, 0, skipped, time.perf_counter() - start, manifest, True, [])
+
+
+def _remove_my_temp_files(spec: Spec, out: Path, offsets: dict[str, int],
+                          shard: tuple[int, int]) -> None:
+    """Temporary image and mask files of this shard's samples, left by a killed run."""
+    for folder in (out / "images", out / "masks"):
+        if not folder.is_dir():
+            continue
+        names = set()
+        for p in folder.glob(".*" + TMP_SUFFIX):
+            stem = p.name[1:].split(".png.", 1)[0]
+            x = _index_of(spec, offsets, stem)
+            if x is not None and x % shard[1] == shard[0]:
+                names.add(f"{stem}.png")
+        if names:
+            remove_temp_files(folder, names)
+
+
+def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: Inputs,
+         manifest_path: Path, device: str | None, progress: bool | None,
+         generator: Generator | None, on_sample: Callable[[dict[str, Any]], None] | None,
+         record: dict[str, Any], has_samples: bool, allow_changed: bool
+         ) -> list[dict[str, Any]]:
     """Generate ``todo`` in chunks of the generator's batch size; write and record each."""
     from tqdm.auto import tqdm
 
@@ -165,16 +322,18 @@ def _run(spec: Spec, out: Path, todo: list, inputs: Any, manifest_path: Path,
     gen = generator or make_generator(spec.generator.kind, spec.generator.params, dev,
                                       spec.source)
     identity = gen.describe()
+    with folder_lock(out, "spec", wait=True):
+        if check_generator(record, identity, has_samples, allow_changed, out):
+            write_inputs(out, record)
     params = spec.to_dict()["generator"]
     versions = _versions()
     threads = _torch_threads()
     records: list[dict[str, Any]] = []
     with ManifestWriter(manifest_path) as manifest, tqdm(
-            total=len(todo), desc=f"generate {spec.generator.kind}", unit="img",
+            total=total, desc=f"generate {spec.generator.kind}", unit="img",
             disable=None if progress is None else not progress) as bar:
         t_start = t_log = time.perf_counter()
-        for k in range(0, len(todo), gen.batch_size):
-            chunk = todo[k:k + gen.batch_size]
+        while chunk := list(itertools.islice(todo, gen.batch_size)):
             t0 = time.perf_counter()
             made = generate_chunk(gen, chunk, inputs)
             seconds = (time.perf_counter() - t0) / len(chunk)
@@ -202,8 +361,8 @@ def _run(spec: Spec, out: Path, todo: list, inputs: Any, manifest_path: Path,
                 now = time.perf_counter()
                 if bar.disable and progress is not False and now - t_log >= 30:
                     t_log, rate = now, (now - t_start) / len(records)  # no tty: a line / 30 s
-                    print(f"generated {len(records)}/{len(todo)} ({rate:.2f} s/image, about "
-                          f"{rate * (len(todo) - len(records)) / 60:.0f} min left)",
+                    print(f"generated {len(records)}/{total} ({rate:.2f} s/image, about "
+                          f"{rate * (total - len(records)) / 60:.0f} min left)",
                           file=sys.stderr, flush=True)
     return records
 

@@ -24,6 +24,7 @@ manifest, so folders generated from one spec (same seed, same regions) line up s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from diag.errors import DiagError, where
+from diag.errors import DiagError, warn, where
 
 ROWS = ("source", "generated", "mask", "zoom")
 BACKGROUND = (30, 30, 30)
@@ -103,43 +104,124 @@ def zoom_box(mask: np.ndarray, context: float = 0.5, min_side: int = 32
 
 
 def _read(path: Path) -> np.ndarray | None:
+    """An image, or None when it cannot be had (missing, corrupt, not an image, odd path)."""
     from diag.imageio import read_image
 
     try:
         return read_image(path)
-    except DiagError:
+    except Exception:  # noqa: BLE001 (any unreadable image is shown as missing, not fatal)
         return None
+
+
+def _read_mask(path: Path) -> np.ndarray | None:
+    from diag.imageio import read_mask
+
+    try:
+        return read_mask(path)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _usable_fields(rec: Any) -> bool:
+    """Whether a manifest line is a record the sheet can use: an object with a string ``id``,
+    ``image`` and ``mask``, and an integer ``index`` if any."""
+    if not isinstance(rec, dict):
+        return False
+    if not all(isinstance(rec.get(k), str) and rec[k] for k in ("id", "image", "mask")):
+        return False
+    index = rec.get("index", 0)
+    return isinstance(index, int) and not isinstance(index, bool)
+
+
+def manifest_records(folder: Path) -> tuple[list[tuple[dict[str, Any], Path]], dict[Path, int]]:
+    """The records of a generate output folder, robust to any damage to its manifests.
+
+    Returns:
+        ``(records, skipped)``: ``(record, manifest file)`` pairs, one per id (the last line
+        wins, as :func:`diag.data.manifest.read_manifest`), in plan order; and, per manifest
+        file, how many lines were unusable (not JSON, not an object, keys missing or of the
+        wrong type; a torn last line counts too).
+
+    Raises:
+        DiagError: a manifest cannot be read (permissions).
+    """
+    from diag.data.manifest import manifest_files
+
+    by_id: dict[str, tuple[dict[str, Any], Path]] = {}
+    skipped: dict[Path, int] = {}
+    try:
+        files = manifest_files(folder)
+    except OSError as exc:
+        raise DiagError(f"cannot list {where(folder)} ({exc.strerror or exc}): check its "
+                        "permissions") from None
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DiagError(f"cannot read manifest {where(path)} ({exc.strerror or exc}): check "
+                            "its permissions") from None
+        bad = 0
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested
+                bad += 1
+                continue
+            if not _usable_fields(rec):
+                bad += 1
+                continue
+            by_id[rec["id"]] = (rec, path)
+        if bad:
+            skipped[path] = bad
+    records = sorted(by_id.values(), key=lambda rp: (rp[0].get("index", 0), rp[0]["id"]))
+    return records, skipped
 
 
 def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
             ) -> tuple[str, list[list[Image.Image]]]:
-    """The label and the tiles (one list of rows per sample) of one output folder."""
-    from diag.data.manifest import read_manifest
-    from diag.imageio import read_mask
+    """The label and the tiles (one list of rows per sample) of one output folder.
 
+    Records that cannot be shown (damaged manifest lines, generated images missing or
+    unreadable) are skipped with one warning line per manifest; a folder with none left is an
+    error."""
     if not folder.is_dir():
         raise DiagError(f"{where(folder)} is not a folder: give diag generate output folders")
-    records = read_manifest(folder)
-    if not records:
+    records, skipped = manifest_records(folder)
+    if not records and not skipped:
         raise DiagError(f"{where(folder)} has no manifest records: it is not a diag generate "
                         "output folder, or nothing was generated yet")
-    records = records[:n]
-    kinds = sorted({str(r.get("generator", "?")) for r in records})
+    chosen: list[tuple[dict[str, Any], np.ndarray]] = []
+    for rec, manifest in records:
+        if len(chosen) == n:
+            break
+        gen = _read(folder / rec["image"])
+        if gen is None:
+            skipped[manifest] = skipped.get(manifest, 0) + 1
+            continue
+        chosen.append((rec, gen))
+    for manifest, count in skipped.items():
+        warn(f"{where(manifest)}: skipped {count} unusable record{'s' * (count != 1)} (not "
+             "JSON, fields missing or of the wrong type, or an image that is missing or "
+             "unreadable)")
+    if not chosen:
+        names = ", ".join(where(m) for m in skipped) or where(folder)
+        raise DiagError(f"{where(folder)} has no usable manifest records ({names}: every record "
+                        "is damaged or names a missing image): regenerate it with diag generate, "
+                        "or leave the folder out")
+    kinds = sorted({str(r.get("generator", "?")) for r, _ in chosen})
     kind = "/".join(kinds)
     label = kind if folder.name == kind else f"{kind}  [{folder.name}]"
     blocks = []
-    for rec in records:
-        gen = _read(folder / rec["image"])
-        mask_path = folder / rec["mask"]
-        mask = read_mask(mask_path) if mask_path.is_file() else None
+    for rec, gen in chosen:
+        mask = _read_mask(folder / rec["mask"])
         source = _source(folder, rec)
         tiles: list[Image.Image] = []
         for row in rows:
             if row == "source":
                 tiles.append(_fit(source, tile) if source is not None
                              else _placeholder(tile, "source missing"))
-            elif gen is None:
-                tiles.append(_placeholder(tile, "image missing"))
             elif row == "generated":
                 tiles.append(_fit(gen, tile))
             elif mask is None or mask.shape != gen.shape[:2]:
@@ -155,11 +237,12 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
 
 def _source(folder: Path, rec: dict[str, Any]) -> np.ndarray | None:
     src = rec.get("source")
-    if not src:
+    if not src or not isinstance(src, str):
         return None
     for p in (Path(src), folder / src):
-        if p.is_file():
-            return _read(p)
+        img = _read(p)
+        if img is not None:
+            return img
     return None
 
 
@@ -234,13 +317,32 @@ def _single(column: tuple[str, list[list[Image.Image]]], tile: int, rows: Sequen
     return sheet
 
 
-def save_contact_sheet(folders: Sequence[str | Path], path: str | Path, n: int = 6,
-                       tile: int = 192) -> Path:
-    """Write :func:`contact_sheet` as a PNG (atomically) and return its path."""
-    from diag.imageio import write_image
+def check_sheet_path(path: str | Path, flag: str = "--out") -> Path:
+    """Check where a contact sheet goes, before any work: a ``.png`` file path, not a folder,
+    in a folder that can be written (unless the sheet is already there: a rerun may have
+    nothing new to write)."""
+    from diag.classify.outputs import check_file, is_file
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise DiagError(f"contact sheet path {where(path)} must end in .png")
-    write_image(path, np.asarray(contact_sheet(folders, n, tile)))
+    check_file(path, flag, need_write=not is_file(path), name="sheet.png")
+    return path
+
+
+def save_contact_sheet(folders: Sequence[str | Path], path: str | Path, n: int = 6,
+                       tile: int = 192, flag: str = "--out") -> Path:
+    """Write :func:`contact_sheet` as a PNG (atomically) and return its path.
+
+    A sheet already there with the same pixels is left as it is (so a rerun on a finished,
+    read-only output succeeds); a failed write (disk full, read-only) is one
+    :class:`~diag.errors.DiagError` line and keeps the previous sheet.
+    """
+    from diag.classify.outputs import remove_stale_temps, write_bytes
+    from diag.imageio import encode_png
+
+    path = check_sheet_path(path, flag)
+    data = encode_png(np.asarray(contact_sheet(folders, n, tile)))
+    remove_stale_temps(path.parent, [path.name])  # left by a killed run
+    write_bytes(path, data)
     return path

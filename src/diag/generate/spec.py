@@ -34,6 +34,7 @@ from diag.errors import DiagError
 from diag.regions import RegionSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 100  # file names are <name>_<number>.png, temporaries add ~20 more (limit: 255)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class DefectSpec:
         if not NAME_RE.match(self.name):
             raise DiagError(f"{source}: {prefix}name '{self.name}' must be letters, digits, "
                             "'_', '-' or '.' (it names output files)")
+        if len(self.name) > MAX_NAME:
+            raise DiagError(f"{source}: {prefix}name is {len(self.name)} characters long: use at "
+                            f"most {MAX_NAME} (it names output files)")
         if self.count < 0:
             raise DiagError(f"{source}: {prefix}count must be >= 0")
 
