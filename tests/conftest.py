@@ -80,3 +80,12 @@ def tmpfs(tmp_path: Path):
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def mt_copy(tmp_path: Path, example_root: Path) -> Path:
+    """A writable copy of the bundled Magnetic-tile example (tests that damage or add files)."""
+    import shutil
+
+    shutil.copytree(example_root, tmp_path / "mt")
+    return tmp_path / "mt"

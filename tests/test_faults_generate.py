@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from diag.data.manifest import read_manifest
-from tests.test_bad_input import mt_copy, one_line_error, spec_file  # noqa: F401 (fixture)
+from tests.test_bad_input import one_line_error, spec_file
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
