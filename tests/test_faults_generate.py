@@ -263,3 +263,18 @@ def test_a_changed_model_is_refused_unless_allowed(tmp_path: Path, example_root:
     assert "samples made by another generator" in msg and "model_revision" in msg
     assert cli("generate", path, "--out", out, "--allow-changed-inputs")[0] == 0
     assert len(read_manifest(out)) == 3
+
+
+def test_the_run_log_says_what_happened(tmp_path: Path, mt_copy: Path, cli, monkeypatch) -> None:
+    path = spec_file(tmp_path, mt_copy)
+    out = tmp_path / "o"
+    assert cli("generate", path, "--out", out, "--limit", "2")[0] == 0
+    monkeypatch.setenv("DIAG_MAX_IMAGE_PIXELS", "1000")
+    one_line_error(cli, "generate", path, "--out", out)
+    monkeypatch.delenv("DIAG_MAX_IMAGE_PIXELS")
+    assert cli("generate", path, "--out", out)[0] == 0
+    lines = (out / "generate.log").read_text().splitlines()
+    assert "start: 2 to generate, 0 of 3 already done" in lines[0] and "shard 0/1" in lines[0]
+    assert "end: 2 generated" in lines[1]
+    assert "start: 1 to generate, 2 of 3 already done" in lines[-2]
+    assert "end: 1 generated" in lines[-1]

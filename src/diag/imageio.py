@@ -31,6 +31,7 @@ from diag.errors import DiagError, where
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_THRESHOLD = 127
 MAX_PIXELS_ENV = "DIAG_MAX_IMAGE_PIXELS"
+_PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def _pixel_limit() -> None:
@@ -38,6 +39,7 @@ def _pixel_limit() -> None:
     with genuinely huge images (line-scan cameras) raises the limit with DIAG_MAX_IMAGE_PIXELS
     (0: no limit)."""
     value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    Image.MAX_IMAGE_PIXELS = _PILLOW_MAX_PIXELS
     if value:
         try:
             n = int(float(value))

@@ -49,6 +49,27 @@ from diag.imageio import TMP_SUFFIX, remove_temp_files, write_image, write_mask,
 
 SPEC_FILE = "spec.yaml"
 MANIFEST_LOCK = "manifest.jsonl"
+LOG_FILE = "generate.log"
+LOG_EVERY = 10.0  # seconds between progress lines without a terminal
+
+
+class RunLog:
+    """Appends time-stamped lines to ``OUT/generate.log`` (start, progress, end, or why a run
+    stopped); shards share the file, each line says which shard wrote it. A log that cannot
+    be written never stops a run."""
+
+    def __init__(self, out: Path, shard: tuple[int, int]) -> None:
+        self.path = out / LOG_FILE
+        self.tag = f"shard {shard[0]}/{shard[1]} pid {os.getpid()}"
+
+    def __call__(self, message: str, echo: bool = False) -> None:
+        import datetime as dt
+
+        stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        with contextlib.suppress(OSError), open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} [{self.tag}] {message}\n")
+        if echo:
+            print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -245,8 +266,9 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
     if not writable(out):
         return _read_only(spec, out, shard, mine, offsets, start)
     out.mkdir(parents=True, exist_ok=True)
-    record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
+    inputs_record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
     manifest_path = out / manifest_name(shard)
+    log = RunLog(out, shard)
     with folder_lock(out, manifest_path.name) as locked:
         if not locked:
             raise DiagError(f"another diag generate run is writing {where(manifest_path)}: wait "
@@ -258,9 +280,16 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
         remaining = mine - skipped if limit is None else min(limit, mine - skipped)
         todo = itertools.islice((it for it in iter_plan(spec, inputs.negatives)
                                  if it.index % n == i and it.id not in done), remaining)
-        records = _run(spec, out, todo, remaining, inputs, manifest_path, device, progress,
-                       generator, on_sample, record, bool(done),
-                       allow_changed_inputs) if remaining else []
+        log(f"start: {remaining} to generate, {skipped} of {mine} already done, generator "
+            f"{spec.generator.kind}")
+        try:
+            records = _run(spec, out, todo, remaining, inputs, manifest_path, device, progress,
+                           generator, on_sample, inputs_record, bool(done), allow_changed_inputs,
+                           log) if remaining else []
+        except BaseException as exc:
+            log(f"stopped: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            raise
+    log(f"end: {len(records)} generated in {time.perf_counter() - start:.1f} s")
     return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
 
 
@@ -311,7 +340,7 @@ def _remove_my_temp_files(spec: Spec, out: Path, offsets: dict[str, int],
 def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: Inputs,
          manifest_path: Path, device: str | None, progress: bool | None,
          generator: Generator | None, on_sample: Callable[[dict[str, Any]], None] | None,
-         record: dict[str, Any], has_samples: bool, allow_changed: bool
+         inputs_record: dict[str, Any], has_samples: bool, allow_changed: bool, log: RunLog
          ) -> list[dict[str, Any]]:
     """Generate ``todo`` in chunks of the generator's batch size; write and record each."""
     from tqdm.auto import tqdm
@@ -323,8 +352,8 @@ def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: In
                                       spec.source)
     identity = gen.describe()
     with folder_lock(out, "spec", wait=True):
-        if check_generator(record, identity, has_samples, allow_changed, out):
-            write_inputs(out, record)
+        if check_generator(inputs_record, identity, has_samples, allow_changed, out):
+            write_inputs(out, inputs_record)
     params = spec.to_dict()["generator"]
     versions = _versions()
     threads = _torch_threads()
@@ -359,11 +388,11 @@ def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: In
                     on_sample(record)
                 bar.update(1)
                 now = time.perf_counter()
-                if bar.disable and progress is not False and now - t_log >= 30:
-                    t_log, rate = now, (now - t_start) / len(records)  # no tty: a line / 30 s
-                    print(f"generated {len(records)}/{total} ({rate:.2f} s/image, about "
-                          f"{rate * (total - len(records)) / 60:.0f} min left)",
-                          file=sys.stderr, flush=True)
+                if now - t_log >= LOG_EVERY:
+                    t_log, rate = now, (now - t_start) / len(records)
+                    log(f"generated {len(records)}/{total} ({rate:.2f} s/image, about "
+                        f"{rate * (total - len(records)) / 60:.0f} min left)",
+                        echo=bar.disable and progress is not False)  # no terminal: on stderr
     return records
 
 
