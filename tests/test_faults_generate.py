@@ -278,3 +278,10 @@ def test_the_run_log_says_what_happened(tmp_path: Path, mt_copy: Path, cli, monk
     assert "end: 2 generated" in lines[1]
     assert "start: 1 to generate, 2 of 3 already done" in lines[-2]
     assert "end: 1 generated" in lines[-1]
+
+
+@pytest.mark.parametrize("device", ["cudax", "cuda:x", "cuda:", "gpu"])
+def test_bad_device_names(tmp_path: Path, mt_copy: Path, cli, device: str) -> None:
+    msg = one_line_error(cli, "generate", spec_file(tmp_path, mt_copy), "--out", tmp_path / "o",
+                         "--device", device)
+    assert f"unknown device '{device}'" in msg and "cuda:N" in msg

@@ -12,13 +12,24 @@ import importlib
 import os
 import pkgutil
 import sys
+from typing import NoReturn
 
 from diag import __version__, commands
 from diag.errors import DiagError, os_error_message
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line (exit 2), like every other
+    error; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)",
+              file=sys.stderr)
+        raise SystemExit(DiagError.exit_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="diag",
         description="Training-free defect image generation for visual inspection, "
                     "with baselines, a defect classifier and fidelity metrics.",
@@ -36,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad command line (one error line)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else DiagError.exit_code
     try:
         return int(args.func(args) or 0)
     except DiagError as exc:

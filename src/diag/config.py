@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,9 @@ T = TypeVar("T")
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
     path = Path(path)
+    if path.is_dir():
+        raise DiagError(f"config file {where(path)} is a folder, not a file: give the path of a "
+                        "YAML file")
     if not path.is_file():
         raise DiagError(f"config file {where(path)} does not exist: check the path")
     try:
@@ -153,16 +157,28 @@ def _coerce(value: Any, tp: Any, field: str, source: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise DiagError(f"{source}: {field} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+            try:  # "1e9" (YAML reads exponents without a dot as text), "40.0"
+                number = float(value)
             except ValueError:
                 pass
-        raise DiagError(f"{source}: {field} must be a number, got {value!r}")
+            else:
+                if number.is_integer():
+                    return int(number)
+        raise DiagError(f"{source}: {field} must be an integer, got {value!r}")
+    if tp is float:
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            except ValueError:
+                pass
+        if number is None:
+            raise DiagError(f"{source}: {field} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise DiagError(f"{source}: {field} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -19,11 +19,15 @@ def resolve_device(name: str | None = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        index = name[5:] if name.startswith("cuda:") else None
+        if name != "cuda" and not (index and index.isdigit()):
+            raise DiagError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N (N a GPU "
+                            "number)")
         if not torch.cuda.is_available():
             raise DiagError(f"device '{name}' was asked for but CUDA is not available on this "
                             "machine: use --device cpu (or auto), or install a CUDA build of torch")
-        if ":" in name:
-            idx = int(name.split(":", 1)[1])
+        if index is not None:
+            idx = int(index)
             if idx >= torch.cuda.device_count():
                 raise DiagError(f"device '{name}' does not exist: this machine has "
                                 f"{torch.cuda.device_count()} CUDA device(s)")

@@ -14,12 +14,14 @@ np.int64(4)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,15 @@ def _pixel_limit() -> None:
         Image.MAX_IMAGE_PIXELS = n if n > 0 else None
 
 
+@contextlib.contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    """Pillow warns (several lines on stderr) over ``MAX_IMAGE_PIXELS`` and refuses over twice
+    that; diag keeps the refusal (one line, :func:`_too_big`) and drops the warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _too_big(path: Path, exc: Exception) -> DiagError:
     return DiagError(f"image {where(path)} is larger than Pillow's safety limit against "
                      f"decompression bombs ({exc}): if the file is genuine, raise the limit with "
@@ -61,8 +72,9 @@ def _open(path: Path) -> Image.Image:
         raise DiagError(f"image file {where(path)} does not exist: check the path or the dataset root")
     _pixel_limit()
     try:
-        img = Image.open(path)
-        img.load()
+        with _no_bomb_warning():
+            img = Image.open(path)
+            img.load()
     except Image.DecompressionBombError as exc:
         raise _too_big(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -74,11 +86,17 @@ def _open(path: Path) -> Image.Image:
 
 
 def to_array(img: Image.Image) -> np.ndarray:
-    """Convert a PIL image to ``uint8``: ``HxW`` for grayscale modes, ``HxWx3`` otherwise."""
+    """Convert a PIL image to ``uint8``: ``HxW`` for grayscale modes, ``HxWx3`` otherwise.
+
+    16- and 32-bit images are read as 0..65535 when a value exceeds 255, else as 0..255; float
+    images as 0..1 when no value exceeds 1 (NaN as 0), else like integer images. Palette
+    images stay grayscale when their palette is; alpha is dropped.
+    """
     if img.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "P") and not _palette_is_colour(img):
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            arr = np.asarray(img, dtype=np.float64)
-            hi = 65535.0 if arr.max() > 255 else 255.0
+            arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+            top = arr.max(initial=0.0)
+            hi = 65535.0 if top > 255 else 1.0 if img.mode == "F" and top <= 1.0 else 255.0
             return np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     if img.mode == "LA":
@@ -103,7 +121,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     _pixel_limit()
     try:
-        with Image.open(path) as img:
+        with _no_bomb_warning(), Image.open(path) as img:
             w, h = img.size
     except FileNotFoundError:
         raise DiagError(f"image file {where(path)} does not exist: check the path") from None

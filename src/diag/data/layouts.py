@@ -170,10 +170,12 @@ def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | 
     root = _check_root(root, "folder")
     img_dir = root / images
     if not img_dir.is_dir():
-        raise DiagError(f"images folder {where(img_dir)} does not exist: set dataset.images")
+        state = "is a file, not a folder" if img_dir.exists() else "does not exist"
+        raise DiagError(f"images folder {where(img_dir)} {state}: set dataset.images")
     mask_dir = root / masks if masks else None
     if mask_dir is not None and not mask_dir.is_dir():
-        raise DiagError(f"masks folder {where(mask_dir)} does not exist: set dataset.masks")
+        state = "is a file, not a folder" if mask_dir.exists() else "does not exist"
+        raise DiagError(f"masks folder {where(mask_dir)} {state}: set dataset.masks")
     exclude = (mask_suffix,) if mask_suffix and (mask_dir is None or mask_dir == img_dir) else ()
     out: list[Sample] = []
     for p in list_images(img_dir, exclude_suffixes=exclude):

@@ -43,6 +43,8 @@ class DatasetRef:
     mask_suffix: str = ""
 
     def validate(self, source: str, prefix: str) -> None:
+        if not self.root.strip():
+            raise DiagError(f"{source}: {prefix}root is empty: set it to the dataset folder")
         if self.layout != "auto" and self.layout not in READERS:
             raise DiagError(f"{source}: {prefix}layout is '{self.layout}', expected one of auto, "
                             f"{', '.join(READERS)}")

@@ -35,6 +35,8 @@ from diag.regions import RegionSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_NAME = 100  # file names are <name>_<number>.png, temporaries add ~20 more (limit: 255)
+MAX_COUNT = 10**12  # far beyond any run; keeps plan sizes within 64-bit integers
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -55,6 +57,9 @@ class DefectSpec:
                             f"most {MAX_NAME} (it names output files)")
         if self.count < 0:
             raise DiagError(f"{source}: {prefix}count must be >= 0")
+        if self.count > MAX_COUNT:
+            raise DiagError(f"{source}: {prefix}count is {self.count}: use at most {MAX_COUNT} "
+                            "(and --limit to make a part of a set)")
 
 
 @dataclass
@@ -146,6 +151,8 @@ def parse_spec(data: dict[str, Any], source: str = "spec", notes: bool = True) -
               "other generators)", file=sys.stderr)
     seed = from_dict(_Seed, {"seed": data.get("seed", 0)}, source).seed
     device = str(data.get("device", "auto"))
+    if not DEVICE_RE.match(device.strip().lower()):
+        raise DiagError(f"{source}: device is '{device}', expected auto, cpu, cuda, cuda:N or mps")
     return Spec(dataset, defects, GeneratorSpec(kind, params), regions, seed, device, source)
 
 

@@ -139,8 +139,8 @@ def check_texture_fill(config: Any, source: str, prefix: str) -> None:
         raise DiagError(f"{source}: {prefix}threshold must be in (-1, 1), got {config.threshold}")
     if not 0 <= config.jitter < 1:
         raise DiagError(f"{source}: {prefix}jitter must be in [0, 1), got {config.jitter}")
-    if config.max_tries < 1:
-        raise DiagError(f"{source}: {prefix}max_tries must be >= 1, got {config.max_tries}")
+    if not 1 <= config.max_tries <= 1000:
+        raise DiagError(f"{source}: {prefix}max_tries must be 1 to 1000, got {config.max_tries}")
 
 
 def check_paste_blend(config: Any, source: str, prefix: str) -> None:

@@ -142,7 +142,9 @@ class CopyPasteGenerator(Generator):
         """The (dilated) real mask of ``sample`` and its bounding box."""
         mask = sample.mask
         if self.config.dilate:
-            mask = ndimage.binary_dilation(mask, iterations=self.config.dilate)
+            # beyond H + W steps a mask covers the whole image: cap absurd values
+            steps = min(self.config.dilate, sum(mask.shape))
+            mask = ndimage.binary_dilation(mask, iterations=steps)
         if not mask.any():
             raise DiagError(f"copy-paste: real defect '{sample.id}' has an empty mask: fix its "
                             "mask file or remove it from the dataset's positives")

@@ -140,6 +140,8 @@ class CutPasteGenerator(Generator):
             angle, Image.NEAREST, expand=True)) > 127
         rh, rw = min(rot.shape[0], ih), min(rot.shape[1], iw)
         rot, alpha = rot[:rh, :rw], alpha[:rh, :rw]
+        if not alpha.any():  # on a tiny image the rotated scar can be cut away: unrotated
+            (rh, rw), rot, alpha, angle = (h, w), patch, np.ones((h, w), bool), 0.0
         top = int(rng.integers(0, ih - rh + 1))
         left = int(rng.integers(0, iw - rw + 1))
         full = image.copy()

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+TINY = 8  # images with a side under this many pixels may get no Perlin blob at all
+
 
 def _fade(t: np.ndarray) -> np.ndarray:
     return 6 * t**5 - 15 * t**4 + 10 * t**3
@@ -80,7 +82,9 @@ def perlin_defect_mask(shape: tuple[int, int], rng: np.random.Generator,
 
     With a spec region and ``in_region`` False, the region itself; otherwise thresholded Perlin
     blobs (inside the region when there is one), redrawn up to ``max_tries`` times until
-    non-empty, falling back to the whole region.
+    non-empty, falling back to the whole region, or, without one, to the whole image when it
+    is too small for blobs (a side under ``TINY`` pixels: Perlin noise is 0 on its lattice
+    points, so a 1x1 image never gets a blob).
 
     Raises:
         DiagError: no region and no non-empty Perlin mask in ``max_tries`` draws.
@@ -97,5 +101,7 @@ def perlin_defect_mask(shape: tuple[int, int], rng: np.random.Generator,
             return m
     if region is not None:
         return region.copy()
+    if min(shape) < TINY:
+        return np.ones(shape, dtype=bool)
     raise DiagError(f"{kind} could not draw a non-empty Perlin mask in {max_tries} tries: "
                     "lower generator.threshold")

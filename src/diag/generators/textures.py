@@ -66,7 +66,8 @@ def structure_texture(image: np.ndarray, rng: np.random.Generator, grid: int = 4
     if rng.random() < 0.5:
         arr = arr[::-1, :]
     h, w = arr.shape[:2]
-    gh, gw = max(1, h // grid), max(1, w // grid)
+    grid = max(1, min(grid, h, w))  # images smaller than the grid: fewer, 1-pixel tiles
+    gh, gw = h // grid, w // grid
     tiles = [arr[i * gh:(i + 1) * gh, j * gw:(j + 1) * gw] for i in range(grid) for j in range(grid)]
     order = rng.permutation(len(tiles))
     rows = [np.concatenate([tiles[order[i * grid + j]] for j in range(grid)], axis=1)

@@ -28,6 +28,8 @@ from diag.regions.real_masks import place_mask
 from diag.regions.shapes import SHAPES, random_shape, sample_shapes
 
 SOURCES = ("real-masks", "drawn", "shapes")
+MAX_WIDTH = 10_000  # stroke width limit, pixels
+MAX_SHAPES = 1000  # shapes per region: far more already cover any image
 
 
 @dataclass
@@ -75,10 +77,12 @@ class RegionSpec:
                             f"some of {', '.join(SHAPES)}")
         if not 0 < self.size[0] <= self.size[1]:
             raise DiagError(f"{source}: {prefix}size must be [min, max] with 0 < min <= max")
-        if not 1 <= self.width[0] <= self.width[1]:
-            raise DiagError(f"{source}: {prefix}width must be [min, max] pixels, 1 <= min <= max")
-        if not 1 <= self.count[0] <= self.count[1]:
-            raise DiagError(f"{source}: {prefix}count must be [min, max] with 1 <= min <= max")
+        if not 1 <= self.width[0] <= self.width[1] <= MAX_WIDTH:
+            raise DiagError(f"{source}: {prefix}width must be [min, max] pixels, 1 <= min <= max "
+                            f"<= {MAX_WIDTH}")
+        if not 1 <= self.count[0] <= self.count[1] <= MAX_SHAPES:
+            raise DiagError(f"{source}: {prefix}count must be [min, max] with 1 <= min <= max "
+                            f"<= {MAX_SHAPES}")
         if not 0 <= self.shift <= 1:
             raise DiagError(f"{source}: {prefix}shift must be within [0, 1]")
         if self.dilate < 0:
@@ -148,13 +152,20 @@ class RegionSource:
             mask = sample_shapes(shape, rng, s.shapes, s.size, s.width, s.count, area)
             info["shapes"] = list(s.shapes)
         if s.dilate:
-            mask = ndimage.binary_dilation(mask, iterations=s.dilate)
+            mask = dilate(mask, s.dilate)
         return mask, info
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow ``mask`` by ``pixels`` (4-neighbour steps). Beyond ``H + W`` steps a non-empty mask
+    already covers the whole image, so any larger number gives that at once."""
+    return ndimage.binary_dilation(mask, iterations=max(1, min(int(pixels), sum(mask.shape))))
 
 
 def make_regions(spec: RegionSpec, positives: Sequence[Sample] = ()) -> RegionSource:
     return RegionSource(spec, positives)
 
 
-__all__ = ["SHAPES", "SOURCES", "DrawnRegions", "RegionSource", "RegionSpec", "make_regions",
-           "place_mask", "polygons_to_mask", "random_shape", "read_region_file", "sample_shapes"]
+__all__ = ["SHAPES", "SOURCES", "DrawnRegions", "RegionSource", "RegionSpec", "dilate",
+           "make_regions", "place_mask", "polygons_to_mask", "random_shape", "read_region_file",
+           "sample_shapes"]

@@ -33,6 +33,36 @@ from diag.errors import DiagError, where
 from diag.imageio import IMAGE_SUFFIXES, read_mask, resize_mask
 
 
+def _number(value: Any, source: str, what: str) -> float:
+    """A finite number from JSON (numbers or numeric text), else a one-line error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise DiagError(f"{source}: {what} is {json.dumps(value)[:40]}, not a finite number: "
+                        "fix the file")
+    return number
+
+
+def _points(raw: Any, sx: float, sy: float, source: str, what: str
+            ) -> list[tuple[float, float]]:
+    """``[[x, y], ...]`` from JSON as scaled pixel coordinates, else a one-line error."""
+    if not isinstance(raw, list):
+        raise DiagError(f"{source}: {what} must be a list of [x, y] points, got "
+                        f"{json.dumps(raw)[:40]}")
+    pts = []
+    for p in raw:
+        if not isinstance(p, list) or len(p) != 2:
+            raise DiagError(f"{source}: {what} has the point {json.dumps(p)[:40]}: write every "
+                            "point as [x, y]")
+        x, y = (_number(v, source, f"a coordinate of {what} (write points as [x, y])")
+                for v in p)
+        # rounded: normalised coordinates (x / width) * width land back on x exactly
+        pts.append((round(x * sx, 6), round(y * sy, 6)))
+    return pts
+
+
 def polygons_to_mask(data: dict[str, Any], shape: tuple[int, int], source: str = "polygons"
                      ) -> np.ndarray:
     """Rasterise diag or labelme polygon JSON to a boolean mask of ``shape``."""
@@ -41,16 +71,25 @@ def polygons_to_mask(data: dict[str, Any], shape: tuple[int, int], source: str =
     draw = ImageDraw.Draw(img)
     if "polygons" in data:
         sx, sy = (w, h) if data.get("normalized") else (1.0, 1.0)
-        for poly in data["polygons"]:
-            pts = [(float(x) * sx, float(y) * sy) for x, y in poly]
+        if not isinstance(data["polygons"], list):
+            raise DiagError(f"{source}: 'polygons' must be a list of polygons ([[x, y], ...])")
+        for i, poly in enumerate(data["polygons"]):
+            pts = _points(poly, sx, sy, source, f"polygon {i}")
             if len(pts) < 3:
                 raise DiagError(f"{source}: a polygon needs at least 3 points, got {len(pts)}")
             draw.polygon(pts, fill=255, outline=255)
     elif "shapes" in data:  # labelme
-        iw, ih = data.get("imageWidth") or w, data.get("imageHeight") or h
+        iw = _number(data.get("imageWidth") or w, source, "imageWidth")
+        ih = _number(data.get("imageHeight") or h, source, "imageHeight")
+        if iw <= 0 or ih <= 0:
+            raise DiagError(f"{source}: imageWidth and imageHeight must be positive: fix the file")
         sx, sy = w / iw, h / ih
-        for s in data["shapes"]:
-            pts = [(float(x) * sx, float(y) * sy) for x, y in s.get("points", [])]
+        if not isinstance(data["shapes"], list) or not all(isinstance(s, dict)
+                                                           for s in data["shapes"]):
+            raise DiagError(f"{source}: labelme 'shapes' must be a list of shape objects "
+                            '({"shape_type": ..., "points": [[x, y], ...]})')
+        for i, s in enumerate(data["shapes"]):
+            pts = _points(s.get("points", []), sx, sy, source, f"shapes[{i}].points")
             kind = s.get("shape_type", "polygon")
             if kind == "polygon" and len(pts) >= 3:
                 draw.polygon(pts, fill=255, outline=255)
@@ -62,7 +101,8 @@ def polygons_to_mask(data: dict[str, Any], shape: tuple[int, int], source: str =
                 r = math.hypot(px - cx, py - cy)
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
             elif kind in ("line", "linestrip") and len(pts) >= 2:
-                draw.line(pts, fill=255, width=max(1, int(s.get("width", 3))))
+                width = _number(s.get("width", 3), source, f"shapes[{i}].width")
+                draw.line(pts, fill=255, width=int(min(max(1, width), 2 * (h + w))))
             elif kind == "point" and pts:
                 draw.point(pts, fill=255)
     else:

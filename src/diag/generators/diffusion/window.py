@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from diag.imageio import to_gray, to_rgb
+from diag.imageio import resize_mask, to_gray, to_rgb
 
 MULTIPLE = 64  # model input sides are multiples of this (safe for SD 1.x/2.x/XL UNets)
 
@@ -104,18 +104,28 @@ def plan_window(mask: np.ndarray, resolution: int, context: float = 1.0, min_siz
 
 def crop_for_model(image: np.ndarray, mask: np.ndarray, window: Window
                    ) -> tuple[Image.Image, Image.Image]:
-    """The RGB crop and its binary mask, resized to the model size (mask stays binary)."""
+    """The RGB crop and its binary mask, resized to the model size (mask stays binary).
+
+    The mask is resized nearest neighbour; where the model size is smaller than the crop, a
+    model pixel is set when any crop pixel it covers is (:func:`diag.imageio.resize_mask`), so
+    a thin region is never dropped from what the model is asked to paint.
+    """
     t, b, l, r = window.box
     mh, mw = window.size
     img = Image.fromarray(to_rgb(image[t:b, l:r])).resize((mw, mh), Image.LANCZOS)
-    m = Image.fromarray(mask[t:b, l:r].astype(np.uint8) * 255).resize((mw, mh), Image.NEAREST)
+    crop = mask[t:b, l:r]
+    if mh < b - t or mw < r - l:
+        m = Image.fromarray(resize_mask(crop, (mh, mw)).astype(np.uint8) * 255)
+    else:
+        m = Image.fromarray(crop.astype(np.uint8) * 255).resize((mw, mh), Image.NEAREST)
     return img, m
 
 
 def paste_mask(mask: np.ndarray, dilate: int = 0, feather: int = 0) -> np.ndarray:
     """Alpha (``float32`` in [0, 1]) of what is pasted: 1 on the (dilated) mask, a soft edge of
     ``feather`` pixels outside it, 0 elsewhere."""
-    m = ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
+    # beyond H + W steps a non-empty mask covers the whole image: cap absurd values
+    m = ndimage.binary_dilation(mask, iterations=min(dilate, sum(mask.shape))) if dilate else mask
     alpha = m.astype(np.float32)
     if feather:
         dist = ndimage.distance_transform_edt(~m)
