@@ -70,6 +70,20 @@ def real_items(ref: DatasetRef, positives: int | str, seed: int = 0) -> list[Ite
     return [Item(f"real/{s.id}", s, s.label, "real") for s in sorted(neg + pos, key=lambda s: s.id)]
 
 
+def load_generated(root: str | Path, what: str) -> list[Sample]:
+    """The samples of a ``diag generate`` folder; a damaged manifest (records without
+    ``image`` or ``mask``, values of the wrong type, bytes that are not text) is one
+    :class:`DiagError` line naming the folder (``what``: how the user gave it)."""
+    try:
+        return load_dataset("generated", root, "all")
+    except DiagError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DiagError(f"{what} {where(root)} has a damaged manifest ({type(exc).__name__}: "
+                        f"{exc}): regenerate the folder with diag generate, or delete the "
+                        "damaged lines of its manifest") from None
+
+
 def generated_items(folders: list[str], naug: int | None, seed: int = 0) -> list[Item]:
     """``naug`` positives over all generate folders (all when None), chosen by a seeded hash.
 
@@ -90,7 +104,7 @@ def generated_items(folders: list[str], naug: int | None, seed: int = 0) -> list
             raise DiagError(f"generated folder {where(root)} has no manifest.jsonl: it is not a "
                             "finished diag generate output; run (or resume) diag generate there")
         tag = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"
-        for s in load_dataset("generated", root, "all"):
+        for s in load_generated(root, "data.generated"):
             items.append(Item(f"gen/{tag}/{s.id}", s, 1, f"generated:{tag}"))
     if naug is not None:
         if naug > len(items):

@@ -28,6 +28,7 @@ import torch
 from diag.classify.data import ImageSet, Item, check_items
 from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, read_training_record
 from diag.classify.models import build_model
+from diag.classify.outputs import check_folder, is_file, remove_stale_temps, write_json
 from diag.classify.train import (
     MODEL_FORMAT,
     _items_rows,
@@ -39,7 +40,9 @@ from diag.classify.train import (
 from diag.data import DatasetRef, Sample
 from diag.device import resolve_device
 from diag.errors import DiagError, where
-from diag.imageio import write_json
+
+EVAL_FILES = ("metrics.json", "scores.csv", "pr_curve.png")
+VOLATILE = ("seconds",)  # what a rerun may change without the evaluation changing
 
 
 def find_model(path: str | Path) -> Path:
@@ -143,6 +146,8 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
     from diag.metrics.detection import detection_report
 
     t0 = time.time()
+    if out is not None:
+        check_out(out, EVAL_FILES)
     dev = resolve_device(device)
     model, info = load_model(checkpoint, dev)
     samples = data.load()
@@ -172,20 +177,37 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
     metrics["seconds"] = round(time.time() - t0, 2)
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", metrics)
+        remove_stale_temps(out, EVAL_FILES, older_than=t0)
+        # metrics.json last: once it is there, so are the scores and the curve it goes with
         write_scores(out / "scores.csv", _items_rows(items, data.split, scores,
-                                                     thr if thr is not None else np.inf))
+                                                     thr if thr is not None else np.inf),
+                     rerun=RERUN)
         plot_pr(out / "pr_curve.png", [(data.split, y, scores)],
                 (data.split, y, scores, thr) if thr is not None else None,
-                "given threshold" if threshold is not None else "the model's threshold")
+                "given threshold" if threshold is not None else "the model's threshold",
+                rerun=RERUN)
+        write_json(out / "metrics.json", metrics, volatile=VOLATILE, rerun=RERUN)
     return metrics
+
+
+RERUN = "run the same command again"  # nothing to keep: an evaluation is redone whole
+
+
+def check_out(out: str | Path, files: tuple[str, ...]) -> None:
+    """Check an evaluation's output folder before any work: a file in the way, a folder where
+    one of ``files`` goes, or a folder that cannot be written (unless it already holds all of
+    ``files``: a rerun may have nothing new to write) is a one-line error."""
+    out = Path(out)
+    complete = all(is_file(out / f) for f in files)
+    check_folder(out, files=files, need_write=not complete)
 
 
 def evaluate_seeds(run: str | Path, data: DatasetRef, out: str | Path, seeds: list[int] | None,
                    **kwargs: Any) -> dict[str, Any]:
     """Evaluate ``run/seed-<s>`` for each seed (all found when None); write summary.json."""
+    t0 = time.time()
     run, out = Path(run), Path(out)
+    check_out(out, ("summary.json",))
     if seeds is None:
         found = sorted(int(p.name[5:]) for p in run.glob("seed-*") if p.name[5:].isdigit())
         seeds = found
@@ -195,5 +217,6 @@ def evaluate_seeds(run: str | Path, data: DatasetRef, out: str | Path, seeds: li
     per_seed = {s: {"eval": evaluate(run / f"seed-{s}", data, out / f"seed-{s}", **kwargs)}
                 for s in seeds}
     summary = summarize(per_seed, "eval")
-    write_json(out / "summary.json", summary)
+    remove_stale_temps(out, ["summary.json"], older_than=t0)
+    write_json(out / "summary.json", summary, rerun=RERUN)
     return summary

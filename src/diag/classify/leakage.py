@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from diag.classify.data import Item
+from diag.classify.outputs import write_json
 from diag.data import DatasetRef, Sample
 from diag.errors import DiagError, where
-from diag.imageio import sha256_file, write_json
+from diag.imageio import sha256_file
 
 TRAINING_FILES = "training_files.json"
 FORMAT = "diag-training-files-1"
@@ -120,12 +121,14 @@ def training_record(items: list[Item], generated_folders: list[str]) -> dict[str
             rows.append(("image", resolved(it.sample.path), it.key))
             continue
         rows.append(("generated", resolved(it.sample.path), it.key))
-        meta = it.sample.meta or {}
-        if meta.get("source"):
-            rows.append(("source", resolved(meta["source"]), it.key))
+        meta = it.sample.meta if isinstance(it.sample.meta, dict) else {}
+        source = meta.get("source")
+        if source and isinstance(source, str) and "\0" not in source:
+            rows.append(("source", resolved(source), it.key))
         region = meta.get("region")
-        if isinstance(region, dict) and region.get("mask_file"):
-            rows.append(("mask", resolved(region["mask_file"]), it.key))
+        mask = region.get("mask_file") if isinstance(region, dict) else None
+        if mask and isinstance(mask, str) and "\0" not in mask:
+            rows.append(("mask", resolved(mask), it.key))
     hashes = hash_files(p for _, p, _ in rows)
     return {"format": FORMAT,
             "files": [{"role": role, "path": p, "sha256": hashes[p], "item": key}

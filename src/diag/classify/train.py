@@ -51,17 +51,31 @@ from tqdm import tqdm
 
 from diag.classify.config import DEFAULT_VAL_FRACTION, TrainConfig, config_dict, parse_train_config
 from diag.classify.data import ImageSet, Item, SplitData, build_sets, epoch_order
-from diag.classify.leakage import find_overlap, guard, training_record, write_training_record
+from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, training_record
 from diag.classify.models import build_model, normalization
+from diag.classify.outputs import (
+    TEMP_RE,
+    check_folder,
+    lock_folder,
+    remove_stale_temps,
+    save_torch,
+    write_bytes,
+    write_error,
+    write_json,
+    write_text,
+)
 from diag.config import dump_yaml, load_yaml
 from diag.device import resolve_device
 from diag.errors import DiagError, where
-from diag.imageio import write_json, write_text
 from diag.metrics.detection import best_f1, detection_report, reference_best_f1
 
 MODEL_FORMAT = "diag-classifier-1"
 SUMMARY_KEYS = (("ap",), ("auroc",), ("at_threshold", "precision"), ("at_threshold", "recall"),
                 ("at_threshold", "f1"), ("best_f1_on_this_set", "f1"))
+RUN_FILES = ("config.yaml", "metadata.json", "model.pt", "metrics.json", "scores.csv",
+             "pr_curve.png", TRAINING_FILES)
+RESUME = "rerun the same command with --resume (the finished epochs are kept in checkpoints/last.pt)"
+RERUN_TRAIN = "run the same command again (with --resume if it was given)"
 REFERENCE_RULE = ("the reference code's (train_ResNet50.py): maximum F1 on the test PR curve, the "
                   "threshold halfway between that curve threshold and the next lower one")
 
@@ -109,11 +123,10 @@ def deterministic(enabled: bool):  # noqa: ANN201
         torch.backends.cudnn.benchmark = cudnn
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_atomic(obj: Any, path: Path, rerun: str = RESUME) -> None:
+    """``torch.save`` to a temporary file beside ``path``, renamed into place; a failed write
+    (disk full...) keeps the previous file and is one line (:mod:`diag.classify.outputs`)."""
+    save_torch(path, obj, rerun=rerun)
 
 
 def _loader(ds: ImageSet, batch_size: int, workers: int, order: list[int] | None = None
@@ -151,7 +164,7 @@ def _items_rows(items: list[Item], split: str, scores: np.ndarray, threshold: fl
             for it, s in zip(items, scores, strict=True)]
 
 
-def write_scores(path: Path, rows: list[list[Any]]) -> None:
+def write_scores(path: Path, rows: list[list[Any]], rerun: str = RESUME) -> None:
     """scores.csv: split, id, label, score (logit), probability, predicted, source, path."""
     import csv
     import io
@@ -160,12 +173,12 @@ def write_scores(path: Path, rows: list[list[Any]]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["split", "id", "label", "score", "probability", "predicted", "source", "path"])
     w.writerows(rows)
-    write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue(), rerun=rerun)
 
 
 def plot_pr(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]],
             point: tuple[str, np.ndarray, np.ndarray, float] | None,
-            point_label: str = "validation threshold") -> None:
+            point_label: str = "validation threshold", rerun: str = RESUME) -> None:
     """PR curves with the operating point at the chosen threshold.
 
     Args:
@@ -173,7 +186,10 @@ def plot_pr(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]],
         curves: ``(name, labels, scores)`` per curve; sets without positives are left out.
         point: ``(name, labels, scores, threshold)`` of the operating point to mark, or None.
         point_label: Where the threshold came from, for the legend (``... at <point_label>``).
+        rerun: What to do after a failed write (for the message).
     """
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -199,43 +215,92 @@ def plot_pr(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]],
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes(path, buf.getvalue(), rerun=rerun)
 
 
-def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
-    """Check the run folder; return the checkpoint to resume from (or None)."""
+def _only_run_files(out: Path) -> bool:
+    """Whether ``out`` holds nothing but files diag train writes (and temporary files)."""
+    for p in out.iterdir():
+        if not (p.name in RUN_FILES or TEMP_RE.match(p.name)
+                or (p.name == "checkpoints" and p.is_dir())):
+            return False
+    return True
+
+
+def _check_same_config(out: Path, cfg: TrainConfig) -> None:
+    saved = load_yaml(out / "config.yaml")
+    now = config_dict(cfg)
+    a, b = copy.deepcopy(saved), copy.deepcopy(now)
+    for d in (a, b):
+        if not isinstance(d, dict):
+            continue
+        d.setdefault("train", {}).pop("epochs", None)
+        data = d.setdefault("data", {})
+        if data.get("val_fraction") is None:  # null = the protocol's default
+            data["val_fraction"] = (0.0 if d["train"].get("protocol") == "paper"
+                                    else DEFAULT_VAL_FRACTION)
+    if a != b:
+        raise DiagError(f"--resume: the config differs from the run's {where(out / 'config.yaml')}"
+                        " (only train.epochs may change): use the same config or a new --out")
+
+
+def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of a run folder that already holds this run, finished; else None."""
+    import json
+
+    if not (out / "model.pt").is_file():
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    if not isinstance(history, list) or len(history) != cfg.train.epochs:
+        return None
+    return metrics
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool
+                 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Check the run folder before any work.
+
+    Returns:
+        ``(state, finished)``: the checkpoint to resume from (or None), and with ``resume``
+        the metrics of a run that is already finished (nothing left to do), else None.
+    """
     last = out / "checkpoints" / "last.pt"
-    if resume:
-        if not last.is_file():
-            if (out / "config.yaml").is_file() or not out.exists() or not any(out.iterdir()):
-                return None  # killed before the first epoch ended: start over
-            raise DiagError(f"nothing to resume in {where(out)}: it holds no "
-                            "checkpoints/last.pt; drop --resume or pick the right --out")
-        saved = load_yaml(out / "config.yaml")
-        now = config_dict(cfg)
-        a, b = copy.deepcopy(saved), copy.deepcopy(now)
-        for d in (a, b):
-            d.setdefault("train", {}).pop("epochs", None)
-            data = d.setdefault("data", {})
-            if data.get("val_fraction") is None:  # null = the protocol's default
-                data["val_fraction"] = (0.0 if d["train"].get("protocol") == "paper"
-                                        else DEFAULT_VAL_FRACTION)
-        if a != b:
-            raise DiagError(f"--resume: the config differs from the run's {where(out / 'config.yaml')}"
-                            " (only train.epochs may change): use the same config or a new --out")
-        try:
-            return torch.load(last, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise DiagError(f"cannot read checkpoint {where(last)} ({type(exc).__name__}): "
-                            "delete it to start over") from None
+    if not resume:
+        if last.is_file() or (out / "metrics.json").is_file():
+            raise DiagError(f"{where(out)} already holds a training run: pass --resume to "
+                            "continue it, or choose another --out")
+        return None, None
     if last.is_file() or (out / "metrics.json").is_file():
-        raise DiagError(f"{where(out)} already holds a training run: pass --resume to continue "
-                        "it, or choose another --out")
-    return None
+        if not (out / "config.yaml").is_file():
+            raise DiagError(f"cannot resume {where(out)}: it has no config.yaml (not a diag train "
+                            "run folder, or a damaged one): choose another --out")
+        _check_same_config(out, cfg)
+        done = _finished(out, cfg)
+        if done is not None:
+            return None, done
+    if not last.is_file():
+        if (out / "config.yaml").is_file() or not out.exists() or _only_run_files(out):
+            return None, None  # killed before the first epoch ended: start over
+        raise DiagError(f"nothing to resume in {where(out)}: it holds no "
+                        "checkpoints/last.pt; drop --resume or pick the right --out")
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        epoch = int(state["epoch"])
+    except Exception as exc:  # noqa: BLE001
+        raise DiagError(f"cannot read checkpoint {where(last)} ({type(exc).__name__}): "
+                        "delete it to start over") from None
+    if epoch > cfg.train.epochs:
+        raise DiagError(f"--resume: {where(last)} has trained {epoch} epochs, more than "
+                        f"train.epochs {cfg.train.epochs}: set train.epochs to at least {epoch}, "
+                        "or use a new --out")
+    return state, None
 
 
 def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
@@ -295,27 +360,53 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
     """
     out = Path(out)
     t0 = time.time()
-    opt = cfg.train
-    paper = opt.protocol == "paper"
-    state = _prepare_out(out, cfg, resume)
-    device = resolve_device(opt.device)
+    # a file where the run folder should be, or a folder where one of its files should be
+    check_folder(out, files=RUN_FILES, subdirs=("checkpoints",), need_write=False)
+    state, done = _prepare_out(out, cfg, resume)
+    if done is not None:
+        with lock_folder(out, "the training run"):  # temporary files of a killed run, if any
+            for folder in (out, out / "checkpoints"):
+                remove_stale_temps(folder, older_than=None)  # (none on a read-only folder)
+        print(f"note: {where(out)} already holds this run, finished: nothing to do",
+              file=sys.stderr)
+        return done
+    check_folder(out, files=RUN_FILES, subdirs=("checkpoints",))
+    device = resolve_device(cfg.train.device)
     sets = build_sets(cfg.data, val_fraction=cfg.effective_val_fraction)
     record, overlap = check_leakage(cfg, sets, allow_overlap)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    with lock_folder(out, "the training run"):
+        # left by a killed run (this one holds the lock: no one else is writing here)
+        for folder in (out, out / "checkpoints"):
+            remove_stale_temps(folder, older_than=None)
+        return _train_locked(cfg, out, state, device, sets, record, overlap, t0, resume,
+                             progress)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, device: str,
+                  sets: SplitData, record: dict[str, Any], overlap: dict[str, Any], t0: float,
+                  resume: bool, progress: bool | None) -> dict[str, Any]:
+    """The run itself, in its locked run folder (see :func:`_train_run`)."""
+    opt = cfg.train
+    paper = opt.protocol == "paper"
     norm = normalization(cfg.model.backbone, cfg.model.normalize)
     size = tuple(opt.input_size)
     with deterministic(opt.deterministic):
         seed_everything(opt.seed)
         model, weights_info = build_model(cfg.model.backbone, cfg.model.pretrained)
         model.to(device)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", dump_yaml(cfg))
-        write_training_record(out, record)
-        meta = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        created = _created(out) if resume else None
+        write_text(out / "config.yaml", dump_yaml(cfg), rerun=RERUN_TRAIN)
+        write_json(out / TRAINING_FILES, record, rerun=RERUN_TRAIN)
+        meta = {"created": created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv), "versions": versions(), "device": device,
                 "backbone": cfg.model.backbone, "weights": weights_info, "normalize": norm,
                 "input_size": list(size), "seed": opt.seed, "protocol": opt.protocol,
                 "data": sets.info, "overlap": overlap}
-        write_json(out / "metadata.json", meta)
+        write_json(out / "metadata.json", meta, rerun=RERUN_TRAIN)
         hide = True if progress is False else None
         train_ds = ImageSet(sets.train, size, norm, cfg.data.augment, opt.seed, cfg.data.cache,
                             progress, "loading train images")
@@ -416,8 +507,20 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
                   "threshold_chosen_on": metrics["threshold"]["chosen_on"],
                   "protocol": opt.protocol, "epoch": selected, "config": config_dict(cfg)}
     _save_atomic(model_file, out / "model.pt")
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics, rerun=RESUME)
     return metrics
+
+
+def _created(out: Path) -> str | None:
+    """When a run being resumed was created (from its metadata.json), if known."""
+    import json
+
+    try:
+        meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    created = meta.get("created") if isinstance(meta, dict) else None
+    return created if isinstance(created, str) else None
 
 
 def _final_scores(model: torch.nn.Module, sets: SplitData, val_ds: ImageSet,
@@ -512,20 +615,17 @@ def train_seeds(cfg: TrainConfig, out: str | Path, seeds: list[int], resume: boo
         allow_overlap: See :func:`train_run`.
     """
     out = Path(out)
+    # a file where the folder should be, a folder where summary.json goes: before any work
+    # (whether it can be written is checked by each seed's run, and by the summary's write,
+    # which succeeds on a read-only folder that already holds the same summary)
+    check_folder(out, files=("summary.json",), need_write=False)
     per_seed = {}
     for s in seeds:
         c = parse_train_config(config_dict(cfg), [f"train.seed={s}"])
-        run = out / f"seed-{s}"
-        done = (run / "metrics.json").is_file() and (run / "model.pt").is_file()
-        if done and resume:
-            import json
-
-            per_seed[s] = json.loads((run / "metrics.json").read_text())
-            continue
-        per_seed[s] = train_run(c, run, resume=resume, progress=progress,
+        per_seed[s] = train_run(c, out / f"seed-{s}", resume=resume, progress=progress,
                                 allow_overlap=allow_overlap)
     summary = summarize(per_seed, "test" if cfg.data.test is not None else "validation")
     summary["protocol"] = cfg.train.protocol
     summary["optimistic"] = cfg.train.protocol == "paper"
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary, rerun=RERUN_TRAIN)
     return summary

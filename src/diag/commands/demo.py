@@ -63,15 +63,22 @@ def _choose(args: argparse.Namespace, spec_path: Path) -> tuple[str, object | No
 
 
 def run(args: argparse.Namespace) -> int:
+    from diag.classify.outputs import check_folder, is_file
     from diag.generate import run_spec
     from diag.generate.sheet import save_contact_sheet
     from diag.generate.spec import load_spec
 
     spec_path = examples_dir() / "magnetic_tile.yaml"
+    out = Path(args.out)
+    # before any work (loading SDXL takes minutes): a file where the folder goes, a folder
+    # where the contact sheet goes, a folder that cannot be written (unless it holds a finished
+    # demo: a rerun may have nothing new to write)
+    done = is_file(out / "manifest.jsonl") and is_file(out / "contact_sheet.png")
+    check_folder(out, files=("contact_sheet.png", "manifest.jsonl", "spec.yaml"),
+                 subdirs=("images", "masks"), need_write=not done)
     kind, gen = _choose(args, spec_path)
     overrides = list(args.overrides) + ([f"generator.kind={kind}"] if kind != "diffusion" else [])
     spec = load_spec(spec_path, overrides, notes=False)
-    out = Path(args.out)
     summary = run_spec(spec, out, generator=gen)
     sheet = save_contact_sheet([out], out / "contact_sheet.png", n=6)
     print(f"demo ({kind}): {summary.generated} generated, {summary.skipped} already there, in "

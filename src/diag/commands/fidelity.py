@@ -83,19 +83,59 @@ def _options(pairs: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _load_sets(args: argparse.Namespace) -> tuple[list, list, dict[str, Any]]:
-    from diag.data import detect_layout, load_dataset
+def _check_inputs(args: argparse.Namespace) -> None:
+    """``--real`` and ``--generated`` are existing folders (errors name the flag)."""
+    from diag.classify.outputs import is_file
 
+    for flag, value, what in (("--real", args.real, "real defect images"),
+                              ("--generated", args.generated, "generated images")):
+        path = Path(value)
+        if is_file(path):
+            raise DiagError(f"{flag} {where(path)} is a file, not a folder: give the folder of "
+                            f"the {what}")
+        try:
+            exists = path.is_dir()
+        except (OSError, ValueError):
+            exists = False
+        if not exists:
+            raise DiagError(f"{flag} {where(path)} does not exist: give the folder of the {what}")
+
+
+def _layouts(args: argparse.Namespace) -> tuple[str, str]:
+    from diag.data import detect_layout
+
+    _check_inputs(args)
     real_layout = args.real_layout
     if real_layout == "auto":
         real_layout = detect_layout(Path(args.real))
     gen_layout = args.generated_layout
     if gen_layout == "auto":
         gen_layout = detect_layout(Path(args.generated))
-    real_all = load_dataset(real_layout, args.real, split=args.real_split,
-                            **_options(args.real_option, "--real-option"))
-    gen = load_dataset(gen_layout, args.generated, split="all",
-                       **_options(args.generated_option, "--generated-option"))
+    return real_layout, gen_layout
+
+
+def out_path(args: argparse.Namespace, gen_layout: str) -> Path:
+    """``--out``, else ``GEN/fidelity.json`` for a generate output folder, else
+    ``./fidelity.json``."""
+    if args.out:
+        return Path(args.out)
+    if gen_layout == "generated":
+        return Path(args.generated) / "fidelity.json"
+    return Path("fidelity.json")
+
+
+def _load_sets(args: argparse.Namespace, real_layout: str, gen_layout: str
+               ) -> tuple[list, list, dict[str, Any]]:
+    from diag.classify.data import load_generated
+    from diag.data import load_dataset
+
+    real_opts = _options(args.real_option, "--real-option")
+    gen_opts = _options(args.generated_option, "--generated-option")
+    # a generate folder's damaged manifest is one line naming the flag
+    real_all = (load_generated(args.real, "--real") if real_layout == "generated"
+                else load_dataset(real_layout, args.real, split=args.real_split, **real_opts))
+    gen = (load_generated(args.generated, "--generated") if gen_layout == "generated"
+           else load_dataset(gen_layout, args.generated, split="all", **gen_opts))
     if args.real_all:
         real, selection = real_all, "all images"
     elif real_layout == "folder" and all(s.mask_path is None for s in real_all):
@@ -143,18 +183,27 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows)
 
 
+VOLATILE = ("seconds", "images_per_s")  # what a rerun changes without the result changing
+
+
 def run(args: argparse.Namespace) -> int:
+    from diag.classify.outputs import check_file, is_file, remove_stale_temps, write_json
     from diag.device import resolve_device
-    from diag.imageio import write_json
     from diag.metrics.fidelity import score_fidelity
     from diag.metrics.inception import InceptionExtractor, default_batch_size, parse_dims
 
+    started = time.time()
     dims = parse_dims(args.dims)
     if args.kid_subsets < 1:
         raise DiagError("--kid-subsets must be at least 1")
     if not 0 <= args.region_margin <= 10 or args.region_min_size < 1:
         raise DiagError("--region-margin must be 0..10 and --region-min-size at least 1")
-    real, gen, meta = _load_sets(args)
+    real_layout, gen_layout = _layouts(args)
+    out_file = out_path(args, gen_layout)
+    # before any work: a folder where the JSON goes, a path through a file, a folder that
+    # cannot be written (unless the JSON is already there: a rerun may have nothing new)
+    check_file(out_file, "--out", need_write=not is_file(out_file), name="fidelity.json")
+    real, gen, meta = _load_sets(args, real_layout, gen_layout)
     device = resolve_device(args.device)
     batch = args.batch_size or default_batch_size(device)
     if batch < 1:
@@ -196,17 +245,13 @@ def run(args: argparse.Namespace) -> int:
     }
     if out["kid_protocol"] is None:
         del out["kid_protocol"]
-    if args.out:
-        out_path = Path(args.out)
-    elif meta["generated"]["layout"] == "generated":
-        out_path = Path(args.generated) / "fidelity.json"
-    else:
-        out_path = Path("fidelity.json")
-    write_json(out_path, out)
+    remove_stale_temps(out_file.parent, [out_file.name], older_than=started)  # killed runs
+    written = write_json(out_file, out, volatile=VOLATILE)
     print(f"real: {meta['real']['scored']} {'defect crops' if args.region else 'images'} "
           f"({meta['real']['selection']}) from {args.real}; generated: "
           f"{meta['generated']['scored']} from {args.generated}")
     print(format_table(out))
     print(f"weights: {extractor.provenance['source']} ({Path(extractor.provenance['path']).name})"
-          f"; {n_images} images in {seconds:.1f} s on {device}; wrote {out_path}")
+          f"; {n_images} images in {seconds:.1f} s on {device}; "
+          f"{'wrote' if written else 'unchanged (read-only, kept)'} {out_file}")
     return 0

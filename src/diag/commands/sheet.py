@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+MAX_TILE = 2048  # a 6-sample sheet of 2048-pixel tiles is already ~150 MB of pixels
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,10 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diag.errors import DiagError
-    from diag.generate.sheet import save_contact_sheet
+    from diag.generate.sheet import check_sheet_path, save_contact_sheet
 
-    if args.tile < 16:
-        raise DiagError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if not 16 <= args.tile <= MAX_TILE:
+        raise DiagError(f"--tile must be {16}..{MAX_TILE} pixels, got {args.tile}")
+    if args.n < 1:
+        raise DiagError(f"--n must be at least 1, got {args.n}")
+    check_sheet_path(args.out)  # before reading anything
     path = save_contact_sheet(args.folders, args.out, n=args.n, tile=args.tile)
     print(f"contact sheet of {len(args.folders)} folder(s), up to {args.n} samples each: {path}",
           file=sys.stderr)

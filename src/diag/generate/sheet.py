@@ -25,6 +25,7 @@ manifest, so folders generated from one spec (same seed, same regions) line up s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,12 @@ def manifest_records(folder: Path) -> tuple[list[tuple[dict[str, Any], Path]], d
 
 
 def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
-            ) -> tuple[str, list[list[Image.Image]]]:
-    """The label and the tiles (one list of rows per sample) of one output folder.
+            ) -> tuple[str, list[list[Image.Image]], list[str]]:
+    """The label, the tiles (one list of rows per sample) and the warnings of one output
+    folder.
 
     Records that cannot be shown (damaged manifest lines, generated images missing or
-    unreadable) are skipped with one warning line per manifest; a folder with none left is an
+    unreadable) are skipped, with one warning per manifest; a folder with none left is an
     error."""
     if not folder.is_dir():
         raise DiagError(f"{where(folder)} is not a folder: give diag generate output folders")
@@ -201,15 +203,14 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
             skipped[manifest] = skipped.get(manifest, 0) + 1
             continue
         chosen.append((rec, gen))
-    for manifest, count in skipped.items():
-        warn(f"{where(manifest)}: skipped {count} unusable record{'s' * (count != 1)} (not "
-             "JSON, fields missing or of the wrong type, or an image that is missing or "
-             "unreadable)")
     if not chosen:
-        names = ", ".join(where(m) for m in skipped) or where(folder)
-        raise DiagError(f"{where(folder)} has no usable manifest records ({names}: every record "
-                        "is damaged or names a missing image): regenerate it with diag generate, "
-                        "or leave the folder out")
+        found = ", ".join(f"{count} in {where(m)}" for m, count in skipped.items())
+        raise DiagError(f"{where(folder)} has no usable manifest records (unusable: {found}; "
+                        "each is damaged or names a missing or unreadable image): regenerate it "
+                        "with diag generate, or leave the folder out")
+    notes = [f"{where(manifest)}: skipped {count} unusable record{'s' * (count != 1)} (not "
+             "JSON, fields missing or of the wrong type, or an image that is missing or "
+             "unreadable)" for manifest, count in skipped.items()]
     kinds = sorted({str(r.get("generator", "?")) for r, _ in chosen})
     kind = "/".join(kinds)
     label = kind if folder.name == kind else f"{kind}  [{folder.name}]"
@@ -232,7 +233,7 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
                 t, b, left, r = zoom_box(mask)
                 tiles.append(_fit(gen[t:b, left:r], tile, nearest=(b - t) * 3 < tile))
         blocks.append(tiles)
-    return label, blocks
+    return label, blocks, notes
 
 
 def _source(folder: Path, rec: dict[str, Any]) -> np.ndarray | None:
@@ -269,7 +270,11 @@ def contact_sheet(folders: Sequence[str | Path], n: int = 6, tile: int = 192,
     if bad or not rows:
         raise DiagError(f"unknown contact sheet row '{bad[0] if bad else ''}': use some of "
                         f"{', '.join(ROWS)}")
-    columns = [_column(Path(f), n, tile, rows) for f in folders]
+    built = [_column(Path(f), n, tile, rows) for f in folders]
+    for _, _, notes in built:  # only once every folder is usable: one error line otherwise
+        for note in notes:
+            warn(note)
+    columns = [(label, blocks) for label, blocks, _ in built]
     if len(columns) == 1:
         return _single(columns[0], tile, rows)
     samples = max(len(blocks) for _, blocks in columns)
@@ -341,8 +346,9 @@ def save_contact_sheet(folders: Sequence[str | Path], path: str | Path, n: int =
     from diag.classify.outputs import remove_stale_temps, write_bytes
     from diag.imageio import encode_png
 
+    t0 = time.time()
     path = check_sheet_path(path, flag)
     data = encode_png(np.asarray(contact_sheet(folders, n, tile)))
-    remove_stale_temps(path.parent, [path.name])  # left by a killed run
+    remove_stale_temps(path.parent, [path.name], older_than=t0)  # left by a killed run
     write_bytes(path, data)
     return path
