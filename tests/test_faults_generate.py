@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,7 @@ def test_disk_full_keeps_finished_samples_and_resumes(tmp_path: Path, mt_copy: P
     assert cli("generate", path, "--out", tmp_path / "reference")[0] == 0
     disk = tmpfs("full", "400k")
     msg = one_line_error(cli, "generate", path, "--out", disk / "set")
-    assert "No space left on device" in msg and "free some space" in msg
+    assert "No space left on device" in msg and "free some disk space" in msg and "crack_" in msg
     records = read_manifest(disk / "set")
     assert 0 < len(records) < 8
     for r in records:  # everything recorded is whole
@@ -131,17 +130,16 @@ def test_all_counts_zero(tmp_path: Path, mt_copy: Path, cli) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.timeout(120)  # planning a billion items up front would hang here
 def test_a_billion_planned_with_a_limit_starts_at_once(tmp_path: Path, mt_copy: Path,
                                                        cli) -> None:
     path = spec_file(tmp_path, mt_copy, defects=[{"name": "crack", "count": 1_000_000_000}])
-    t0 = time.perf_counter()
     code, out, _ = cli("generate", path, "--out", tmp_path / "o", "--dry-run", "--shard", "1/3")
     assert code == 0 and "plan: 333333333 samples" in out
     code, _, err = cli("generate", path, "--out", tmp_path / "o", "--limit", "2")
     assert code == 0 and "2 generated, 0 already done, of 1000000000 planned" in err
     code, _, err = cli("generate", path, "--out", tmp_path / "o", "--limit", "2")
     assert code == 0 and "2 generated, 2 already done" in err
-    assert time.perf_counter() - t0 < 30
     assert [r["id"] for r in read_manifest(tmp_path / "o")] == [f"crack_{k:05d}" for k in range(4)]
 
 
@@ -285,3 +283,22 @@ def test_bad_device_names(tmp_path: Path, mt_copy: Path, cli, device: str) -> No
     msg = one_line_error(cli, "generate", spec_file(tmp_path, mt_copy), "--out", tmp_path / "o",
                          "--device", device)
     assert f"unknown device '{device}'" in msg and "cuda:N" in msg
+
+
+def test_a_damaged_manifest_loses_no_good_record(tmp_path: Path, mt_copy: Path, cli) -> None:
+    path = spec_file(tmp_path, mt_copy, defects=[{"name": "crack", "prompt": "a crack",
+                                                  "count": 4}])
+    out = tmp_path / "o"
+    assert cli("generate", path, "--out", out, "--limit", "3")[0] == 0
+    manifest = out / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    junk = [b"\xff\xfe binary junk\n", b'{"id": 5, "image": 3}\n', b"[1, 2]\n",
+            b'{"id": "x", "index": "first"}\n']
+    manifest.write_bytes(lines[0] + b"".join(junk) + b"".join(lines[1:]) + b'{"id": "cra')
+    assert [r["id"] for r in read_manifest(out)][:3] == ["crack_00000", "crack_00001",
+                                                         "crack_00002"]
+    code, _, err = cli("generate", path, "--out", out)
+    assert code == 0 and "1 generated, 3 already done" in err
+    assert len(read_manifest(out)) == 5  # the 4 samples and the stray "x" record
+    code, _, err = cli("sheet", out, "--out", tmp_path / "sheet.png")
+    assert code == 0 and (tmp_path / "sheet.png").is_file()

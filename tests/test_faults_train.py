@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from diag.classify.outputs import TEMP_RE, lock_folder
+from diag.files import TEMP_RE, lock_folder
 from tests.test_classify_train import _sep_config, _separable
 
 EPOCHS = 3

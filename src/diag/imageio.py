@@ -1,9 +1,8 @@
 """Reading and writing images and masks, safely.
 
 Images are returned as ``uint8`` arrays, ``HxW`` for grayscale and ``HxWx3`` for colour; masks
-as ``bool`` arrays ``HxW`` (anything above the threshold is defect). Every write is atomic: the
-file is written beside its target under a temporary name and renamed into place, so a killed
-process never leaves a half-written file behind.
+as ``bool`` arrays ``HxW`` (anything above the threshold is defect). Every write is atomic
+(:mod:`diag.files`): a killed process never leaves a half-written file behind.
 
 >>> import numpy as np, tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.png"
@@ -15,20 +14,17 @@ np.int64(4)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diag.errors import DiagError, where
+from diag.files import write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_THRESHOLD = 127
@@ -174,54 +170,6 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(_resize_axis(_resize_axis(mask, h, 0), w, 1))
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp gives 0600)
-TMP_SUFFIX = ".tmp"
-
-
-def temp_name(path: Path) -> str:
-    """The prefix of the temporary files written beside ``path`` (``.<name>.<random>.tmp``)."""
-    return f".{path.name}."
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_name(path), suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), FILE_MODE)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_temp_files(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
-    """Delete temporary files left in ``folder`` by killed writers, for the files ``names``
-    (all when None); returns what was removed. Only call it while no other process can be
-    writing those files (holding the folder's lock)."""
-    if not folder.is_dir():
-        return []
-    wanted = None if names is None else {temp_name(Path(n)) for n in names}
-    removed = []
-    for p in folder.iterdir():
-        if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)):
-            continue
-        prefix = p.name[: p.name.rfind(".", 0, len(p.name) - len(TMP_SUFFIX)) + 1]
-        if wanted is None or prefix in wanted:
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
 def encode_png(arr: np.ndarray) -> bytes:
     """Encode a ``uint8`` array (``HxW`` or ``HxWx3``) as PNG bytes, deterministically."""
     if arr.dtype == bool:
@@ -235,31 +183,12 @@ def encode_png(arr: np.ndarray) -> bytes:
 
 def write_image(path: str | Path, arr: np.ndarray) -> None:
     """Write a ``uint8`` image as PNG, atomically."""
-    _atomic_bytes(Path(path), encode_png(arr))
+    write_bytes(path, encode_png(arr))
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """Write a boolean mask as a binary 0/255 single-channel PNG, atomically."""
-    _atomic_bytes(Path(path), encode_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    _atomic_bytes(Path(path), text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON (indented, keys in order given) atomically."""
-    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (to record exactly which weights were used)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    write_bytes(path, encode_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
 
 
 def list_images(folder: Path, exclude_suffixes: Iterable[str] = ()) -> list[Path]:

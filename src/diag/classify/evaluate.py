@@ -28,7 +28,6 @@ import torch
 from diag.classify.data import ImageSet, Item, check_items
 from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, read_training_record
 from diag.classify.models import build_model
-from diag.classify.outputs import check_folder, is_file, remove_stale_temps, write_json
 from diag.classify.train import (
     MODEL_FORMAT,
     _items_rows,
@@ -40,6 +39,7 @@ from diag.classify.train import (
 from diag.data import DatasetRef, Sample
 from diag.device import resolve_device
 from diag.errors import DiagError, where
+from diag.files import check_folder, is_file, remove_temp_files, write_json
 
 EVAL_FILES = ("metrics.json", "scores.csv", "pr_curve.png")
 VOLATILE = ("seconds",)  # what a rerun may change without the evaluation changing
@@ -177,7 +177,7 @@ def evaluate(checkpoint: str | Path, data: DatasetRef, out: str | Path | None = 
     metrics["seconds"] = round(time.time() - t0, 2)
     if out is not None:
         out = Path(out)
-        remove_stale_temps(out, EVAL_FILES, older_than=t0)
+        remove_temp_files(out, EVAL_FILES, older_than=t0)
         # metrics.json last: once it is there, so are the scores and the curve it goes with
         write_scores(out / "scores.csv", _items_rows(items, data.split, scores,
                                                      thr if thr is not None else np.inf),
@@ -217,6 +217,6 @@ def evaluate_seeds(run: str | Path, data: DatasetRef, out: str | Path, seeds: li
     per_seed = {s: {"eval": evaluate(run / f"seed-{s}", data, out / f"seed-{s}", **kwargs)}
                 for s in seeds}
     summary = summarize(per_seed, "eval")
-    remove_stale_temps(out, ["summary.json"], older_than=t0)
+    remove_temp_files(out, ["summary.json"], older_than=t0)
     write_json(out / "summary.json", summary, rerun=RERUN)
     return summary

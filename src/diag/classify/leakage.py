@@ -15,25 +15,20 @@ split itself) is flagged as a whole, even where the images it happened to use ar
 
 ``diag train`` writes the training side to ``training_files.json`` in the run folder, so that
 ``diag evaluate`` can check a dataset against it without reading the training data again.
-Hashing is cheap: files are read in 1 MiB chunks on a few threads, and a file is hashed once
-per process (keyed by path, size and modification time).
+Hashing is cheap: files are read in 1 MiB chunks on a few threads (:func:`diag.files.hash_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from diag.classify.data import Item
-from diag.classify.outputs import write_json
 from diag.data import DatasetRef, Sample
 from diag.errors import DiagError, where
-from diag.imageio import sha256_file
+from diag.files import hash_files, write_json
 
 TRAINING_FILES = "training_files.json"
 FORMAT = "diag-training-files-1"
@@ -62,27 +57,11 @@ def resolved(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 (cache key)
-    return sha256_file(path)
-
-
-def file_sha256(path: str) -> str | None:
-    """SHA-256 of a file's contents, or None when it cannot be read (then only its path counts)."""
-    try:
-        st = os.stat(path)
-        return _sha256_cached(path, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return None
-
-
-def hash_files(paths: Iterable[str]) -> dict[str, str | None]:
-    """SHA-256 of every distinct path, hashed on a few threads (hashlib releases the GIL)."""
-    unique = list(dict.fromkeys(paths))
-    if len(unique) < 32:
-        return {p: file_sha256(p) for p in unique}
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return dict(zip(unique, pool.map(file_sha256, unique), strict=True))
+def file_hashes(paths: Iterable[str]) -> dict[str, str | None]:
+    """SHA-256 of every path (None for a file that cannot be read: then only its path counts)."""
+    paths = list(paths)
+    hashed = hash_files(paths)
+    return {p: hashed[p]["sha256"] if p in hashed else None for p in paths}
 
 
 def generated_spec(folder: str | Path) -> dict[str, Any]:
@@ -129,7 +108,7 @@ def training_record(items: list[Item], generated_folders: list[str]) -> dict[str
         mask = region.get("mask_file") if isinstance(region, dict) else None
         if mask and isinstance(mask, str) and "\0" not in mask:
             rows.append(("mask", resolved(mask), it.key))
-    hashes = hash_files(p for _, p, _ in rows)
+    hashes = file_hashes(p for _, p, _ in rows)
     return {"format": FORMAT,
             "files": [{"role": role, "path": p, "sha256": hashes[p], "item": key}
                       for role, p, key in rows],
@@ -208,7 +187,7 @@ def held_out_files(samples: list[Sample]) -> dict[str, dict[str, str | None]]:
     images would match each other by content), each with its content hash."""
     images = [resolved(s.path) for s in samples]
     masks = [resolved(s.mask_path) for s in samples if s.label and s.mask_path is not None]
-    hashes = hash_files(images + masks)
+    hashes = file_hashes(images + masks)
     return {"images": {p: hashes[p] for p in images}, "masks": {p: hashes[p] for p in masks}}
 
 

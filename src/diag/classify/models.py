@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diag.errors import DiagError, where
-from diag.imageio import sha256_file
+from diag.files import sha256_file
 
 TORCHVISION_WEIGHTS = {"resnet50": "ResNet50_Weights", "resnet18": "ResNet18_Weights"}
 # the reference code used torchvision's pretrained=True, i.e. the V1 ImageNet weights

@@ -53,20 +53,20 @@ from diag.classify.config import DEFAULT_VAL_FRACTION, TrainConfig, config_dict,
 from diag.classify.data import ImageSet, Item, SplitData, build_sets, epoch_order
 from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, training_record
 from diag.classify.models import build_model, normalization
-from diag.classify.outputs import (
+from diag.config import dump_yaml, load_yaml
+from diag.device import resolve_device
+from diag.errors import DiagError, where
+from diag.files import (
     TEMP_RE,
     check_folder,
     lock_folder,
-    remove_stale_temps,
+    remove_temp_files,
     save_torch,
     write_bytes,
     write_error,
     write_json,
     write_text,
 )
-from diag.config import dump_yaml, load_yaml
-from diag.device import resolve_device
-from diag.errors import DiagError, where
 from diag.metrics.detection import best_f1, detection_report, reference_best_f1
 
 MODEL_FORMAT = "diag-classifier-1"
@@ -125,7 +125,7 @@ def deterministic(enabled: bool):  # noqa: ANN201
 
 def _save_atomic(obj: Any, path: Path, rerun: str = RESUME) -> None:
     """``torch.save`` to a temporary file beside ``path``, renamed into place; a failed write
-    (disk full...) keeps the previous file and is one line (:mod:`diag.classify.outputs`)."""
+    (disk full...) keeps the previous file and is one line (:mod:`diag.files`)."""
     save_torch(path, obj, rerun=rerun)
 
 
@@ -366,7 +366,7 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
     if done is not None:
         with lock_folder(out, "the training run"):  # temporary files of a killed run, if any
             for folder in (out, out / "checkpoints"):
-                remove_stale_temps(folder, older_than=None)  # (none on a read-only folder)
+                remove_temp_files(folder, older_than=None)  # (none on a read-only folder)
         print(f"note: {where(out)} already holds this run, finished: nothing to do",
               file=sys.stderr)
         return done
@@ -381,7 +381,7 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
     with lock_folder(out, "the training run"):
         # left by a killed run (this one holds the lock: no one else is writing here)
         for folder in (out, out / "checkpoints"):
-            remove_stale_temps(folder, older_than=None)
+            remove_temp_files(folder, older_than=None)
         return _train_locked(cfg, out, state, device, sets, record, overlap, t0, resume,
                              progress)
 

@@ -63,7 +63,7 @@ def _choose(args: argparse.Namespace, spec_path: Path) -> tuple[str, object | No
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.classify.outputs import check_folder, is_file
+    from diag.files import check_folder, is_file
     from diag.generate import run_spec
     from diag.generate.sheet import save_contact_sheet
     from diag.generate.spec import load_spec

@@ -85,7 +85,7 @@ def _options(pairs: list[str], flag: str) -> dict[str, str]:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """``--real`` and ``--generated`` are existing folders (errors name the flag)."""
-    from diag.classify.outputs import is_file
+    from diag.files import is_file
 
     for flag, value, what in (("--real", args.real, "real defect images"),
                               ("--generated", args.generated, "generated images")):
@@ -187,8 +187,8 @@ VOLATILE = ("seconds", "images_per_s")  # what a rerun changes without the resul
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.classify.outputs import check_file, is_file, remove_stale_temps, write_json
     from diag.device import resolve_device
+    from diag.files import check_file, is_file, remove_temp_files, write_json
     from diag.metrics.fidelity import score_fidelity
     from diag.metrics.inception import InceptionExtractor, default_batch_size, parse_dims
 
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if out["kid_protocol"] is None:
         del out["kid_protocol"]
-    remove_stale_temps(out_file.parent, [out_file.name], older_than=started)  # killed runs
+    remove_temp_files(out_file.parent, [out_file.name], older_than=started)  # killed runs
     written = write_json(out_file, out, volatile=VOLATILE)
     print(f"real: {meta['real']['scored']} {'defect crops' if args.region else 'images'} "
           f"({meta['real']['selection']}) from {args.real}; generated: "

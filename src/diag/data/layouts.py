@@ -188,7 +188,7 @@ def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | 
 
 def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
     """Samples of a ``diag generate`` output folder (all positives), in plan order."""
-    from diag.data.manifest import read_manifest
+    from diag.data.manifest import read_manifest, sample_files
 
     root = _check_root(root, "generated")
     records = read_manifest(root)
@@ -197,10 +197,11 @@ def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
                         "folder (make one with `diag generate SPEC --out DIR`)")
     out = []
     for r in records:
-        img, mask = root / r["image"], root / r["mask"]
-        if not img.is_file() or not mask.is_file():
+        files = sample_files(root, r)
+        if files is None:
             continue
-        out.append(Sample(r["id"], img, mask, 1, r.get("defect", ""), meta=r))
+        defect = r.get("defect") if isinstance(r.get("defect"), str) else ""
+        out.append(Sample(r["id"], files[0], files[1], 1, defect, meta=r))
     return out
 
 

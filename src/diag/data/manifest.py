@@ -3,7 +3,8 @@
 A run writes ``OUT/manifest.jsonl`` (or ``OUT/manifest-<i>-of-<n>.jsonl`` per shard). A line
 is appended, flushed and synced only after the sample's image and mask are safely on disk, so
 the manifest never names a file that is not there. A torn last line (process killed while
-writing) is ignored on reading and cut away before appending again.
+writing) is ignored on reading and cut away before appending again; a damaged line elsewhere
+(edited by hand, junk) is skipped, never fatal.
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp())
@@ -31,30 +32,44 @@ def manifest_name(shard: tuple[int, int] | None) -> str:
     return MANIFEST if shard is None or shard[1] == 1 else f"manifest-{shard[0]}-of-{shard[1]}.jsonl"
 
 
+def _valid(rec: Any) -> bool:
+    return isinstance(rec, dict) and isinstance(rec.get("id"), str) and bool(rec["id"])
+
+
 def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Valid records of one manifest file, and the byte length of its valid prefix."""
+    """Valid records of one manifest file, and the byte length of its complete lines.
+
+    Lines that are not a JSON record with a text ``id`` (damaged by hand, binary junk) are
+    skipped; a last line without its newline (a writer killed mid-line) is left out of the
+    length, so an appending writer cuts it away.
+    """
     records: list[dict[str, Any]] = []
-    good = 0
     with open(path, "rb") as fh:
         data = fh.read()
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break  # torn last line: no newline was written
-        line = data[pos:end].strip()
-        pos = end + 1
+    complete = data.rfind(b"\n") + 1
+    for line in data[:complete].split(b"\n"):
+        line = line.strip()
         if not line:
-            good = pos
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(rec, dict) and "id" in rec:
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
+            continue
+        if _valid(rec):
             records.append(rec)
-        good = pos
-    return records, good
+    return records, complete
+
+
+def sample_files(out: str | Path, record: dict[str, Any]) -> tuple[Path, Path] | None:
+    """The image and mask files of a record when both are named and on disk, else None."""
+    image, mask = record.get("image"), record.get("mask")
+    if not (isinstance(image, str) and image and isinstance(mask, str) and mask):
+        return None
+    try:
+        paths = Path(out) / image, Path(out) / mask
+        return paths if paths[0].is_file() and paths[1].is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def manifest_files(out: Path) -> list[Path]:
@@ -70,7 +85,13 @@ def read_manifest(out: str | Path) -> list[dict[str, Any]]:
     for path in manifest_files(Path(out)):
         for rec in _read_lines(path)[0]:
             by_id[rec["id"]] = rec
-    return sorted(by_id.values(), key=lambda r: (r.get("index", 0), r["id"]))
+
+    def order(r: dict[str, Any]) -> tuple[int, str]:
+        index = r.get("index")
+        return (index if isinstance(index, int) and not isinstance(index, bool) else 2**63,
+                r["id"])
+
+    return sorted(by_id.values(), key=order)
 
 
 class ManifestWriter:
@@ -104,7 +125,7 @@ class ManifestWriter:
 
 def merge_manifests(out: str | Path) -> Path:
     """Write every record of a folder into ``manifest.jsonl`` in plan order (atomic)."""
-    from diag.imageio import write_text
+    from diag.files import write_text
 
     out = Path(out)
     records = read_manifest(out)

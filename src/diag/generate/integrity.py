@@ -21,50 +21,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from diag.errors import DiagError, some, where
-from diag.imageio import IMAGE_SUFFIXES, sha256_file, write_json
+from diag.files import hash_files, write_json
+from diag.imageio import IMAGE_SUFFIXES
 
 INPUTS_FILE = "inputs.json"
 FORMAT = "diag-generate-inputs-1"
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
-def hash_files(paths: Iterable[Path], known: dict[str, dict[str, Any]] | None = None
-               ) -> dict[str, dict[str, Any]]:
-    """``{path: {size, mtime_ns, sha256}}`` of existing files, reusing ``known`` entries whose
-    size and modification time are unchanged; new or changed files are hashed on a few
-    threads."""
-    known = known or {}
-    out: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[str, Path, tuple[int, int]]] = []
-    for p in dict.fromkeys(Path(x) for x in paths):
-        key, st = str(p), _stat(p)
-        if st is None:
-            continue
-        old = known.get(key)
-        if old and (old.get("size"), old.get("mtime_ns")) == st and old.get("sha256"):
-            out[key] = old
-        else:
-            todo.append((key, p, st))
-    workers = min(8, os.cpu_count() or 1) if len(todo) > 16 else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(pool.map(lambda t: sha256_file(t[1]), todo))
-    for (key, _, (size, mtime)), digest in zip(todo, digests, strict=True):
-        out[key] = {"size": size, "mtime_ns": mtime, "sha256": digest}
-    return out
 
 
 def input_files(inputs: Any, spec: Any) -> list[Path]:

@@ -14,7 +14,6 @@ file, so the same command started twice on one folder is refused instead of doub
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import os
 import sys
@@ -31,8 +30,10 @@ from diag.data.manifest import (
     manifest_name,
     merge_manifests,
     read_manifest,
+    sample_files,
 )
 from diag.errors import DiagError, warn, where
+from diag.files import TMP_SUFFIX, is_locked, lock_file, remove_temp_files, write_text
 from diag.generate.integrity import (
     INPUTS_FILE,
     check_generator,
@@ -45,7 +46,7 @@ from diag.generate.plan import PlanItem, iter_plan, shard_of
 from diag.generate.sample import Inputs, generate_chunk, load_inputs
 from diag.generate.spec import Spec
 from diag.generators.base import Generator, make_generator
-from diag.imageio import TMP_SUFFIX, remove_temp_files, write_image, write_mask, write_text
+from diag.imageio import write_image, write_mask
 
 SPEC_FILE = "spec.yaml"
 MANIFEST_LOCK = "manifest.jsonl"
@@ -74,36 +75,14 @@ class RunLog:
 
 @contextlib.contextmanager
 def folder_lock(out: Path, name: str, wait: bool = False) -> Iterator[bool]:
-    """Hold the lock ``OUT/.<name>.lock`` (released when the process ends, even by kill -9).
-
-    Yields True when the lock is held; with ``wait=False`` a lock held by another process
-    yields False instead of blocking.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / f".{name}.lock", "a+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold the lock ``OUT/.<name>.lock`` (see :func:`diag.files.lock_file`)."""
+    with lock_file(out / f".{name}.lock", wait) as held:
+        yield held
 
 
 def _in_use(out: Path) -> bool:
     """Whether another process holds a manifest lock of ``out`` (is generating there)."""
-    for lock in out.glob(".manifest*.lock"):
-        try:
-            with open(lock, "rb") as fh:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        except BlockingIOError:
-            return True
-        except OSError:
-            continue
-    return False
+    return any(is_locked(lock) for lock in out.glob(".manifest*.lock"))
 
 
 def _fingerprint(data: dict[str, Any]) -> dict[str, Any]:
@@ -185,8 +164,7 @@ def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: boo
 
 def _finished(out: Path) -> list[dict[str, Any]]:
     """Manifest records whose image and mask are on disk."""
-    return [r for r in read_manifest(out)
-            if (out / r.get("image", "")).is_file() and (out / r.get("mask", "")).is_file()]
+    return [r for r in read_manifest(out) if sample_files(out, r) is not None]
 
 
 def _done_ids(out: Path) -> set[str]:

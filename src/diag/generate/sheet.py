@@ -326,7 +326,7 @@ def check_sheet_path(path: str | Path, flag: str = "--out") -> Path:
     """Check where a contact sheet goes, before any work: a ``.png`` file path, not a folder,
     in a folder that can be written (unless the sheet is already there: a rerun may have
     nothing new to write)."""
-    from diag.classify.outputs import check_file, is_file
+    from diag.files import check_file, is_file
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -343,12 +343,12 @@ def save_contact_sheet(folders: Sequence[str | Path], path: str | Path, n: int =
     read-only output succeeds); a failed write (disk full, read-only) is one
     :class:`~diag.errors.DiagError` line and keeps the previous sheet.
     """
-    from diag.classify.outputs import remove_stale_temps, write_bytes
+    from diag.files import remove_temp_files, write_bytes
     from diag.imageio import encode_png
 
     t0 = time.time()
     path = check_sheet_path(path, flag)
     data = encode_png(np.asarray(contact_sheet(folders, n, tile)))
-    remove_stale_temps(path.parent, [path.name], older_than=t0)  # left by a killed run
+    remove_temp_files(path.parent, [path.name], older_than=t0)  # left by a killed run
     write_bytes(path, data)
     return path

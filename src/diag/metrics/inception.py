@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diag.errors import DiagError, where
-from diag.imageio import sha256_file
+from diag.files import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -1,5 +1,5 @@
-"""Output paths of ``diag train``, ``evaluate``, ``fidelity``, ``sheet`` and ``demo``: checked
-before any work, written atomically, every failure explained in one line.
+"""Files diag writes: paths checked before any work, atomic writes, locks, temporary files,
+content hashes. Every command writes through this module, and every failure is one line.
 
 * :func:`check_folder` / :func:`check_file` refuse, before any work starts, an output folder
   where a file is (or a file where a folder is expected), a path through a file, a name too
@@ -8,7 +8,7 @@ before any work, written atomically, every failure explained in one line.
 * :func:`write_bytes`, :func:`write_text`, :func:`write_json` and :func:`save_torch` write
   beside the target under a temporary name (``.<name>.<random>.tmp``, as
   :mod:`diag.imageio`), sync, and rename into place: a killed process leaves at most a
-  temporary file (removed by the next run, :func:`remove_stale_temps`) and never a
+  temporary file (removed by the next run, :func:`remove_temp_files`) and never a
   half-written output. A failed write (disk full, permission denied, read-only file system)
   removes its temporary file, keeps the previous version of the file and becomes one
   ``DiagError`` line saying what to do. When the folder cannot be written but the file
@@ -16,7 +16,9 @@ before any work, written atomically, every failure explained in one line.
   writing and the write succeeds: a rerun on a finished, read-only output works.
 * :func:`lock_folder` keeps two processes from writing one run folder at the same time (an
   advisory lock on the folder itself: no lock file is left behind, and a lock dies with its
-  process, even by kill -9).
+  process, even by kill -9); :func:`lock_file` does the same with a named lock file, for
+  folders several processes share (the shards of ``diag generate``).
+* :func:`sha256_file` and :func:`hash_files` identify inputs by content.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -34,11 +36,13 @@ diag.errors.DiagError: --out ... is a folder, but a file is expected here: give 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -232,8 +236,8 @@ def check_file(path: str | Path, flag: str = "--out", *, need_write: bool = True
     return True
 
 
-def remove_stale_temps(folder: str | Path, names: Iterable[str] | None = None, *,
-                       older_than: float | None) -> list[Path]:
+def remove_temp_files(folder: str | Path, names: Iterable[str] | None = None, *,
+                      older_than: float | None = None) -> list[Path]:
     """Delete temporary files left in ``folder`` by killed writers; returns what went.
 
     Args:
@@ -343,7 +347,7 @@ def _json_same(path: Path, obj: Any, volatile: Iterable[str]) -> bool:
 
 def write_json(path: str | Path, obj: Any, *, volatile: Iterable[str] = (), rerun: str = RERUN,
                keep_same: bool = False) -> bool:
-    """Write JSON (indented, as :func:`diag.imageio.write_json`) atomically; returns whether it
+    """Write JSON (indented, keys in the order given) atomically; returns whether it
     was written. A file that holds the same JSON (top-level ``volatile`` keys, e.g. timings,
     aside) counts as unchanged: kept with ``keep_same``, and kept instead of failing when the
     folder cannot be written."""
@@ -389,3 +393,84 @@ def lock_folder(folder: str | Path, what: str, flag: str = "--out") -> Iterator[
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def lock_file(path: str | Path, wait: bool = False) -> Iterator[bool]:
+    """Hold the lock file ``path`` (created if needed; released when the process ends, even by
+    kill -9). Yields True when held; with ``wait=False`` a lock held by another process yields
+    False instead of blocking."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether another process holds the lock file ``path``."""
+    import fcntl
+
+    try:
+        with open(path, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (to record exactly which file was used)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[str | Path], known: dict[str, dict[str, Any]] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """``{path: {size, mtime_ns, sha256}}`` of the existing, readable files among ``paths``.
+
+    Entries of ``known`` whose size and modification time are unchanged are reused; new or
+    changed files are hashed on a few threads (hashlib releases the GIL).
+    """
+    known = known or {}
+    out: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, int, int]] = []
+    for key in dict.fromkeys(str(p) for p in paths):
+        try:
+            st = os.stat(key)
+        except (OSError, ValueError):
+            continue
+        old = known.get(key)
+        if old and (old.get("size"), old.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) \
+                and old.get("sha256"):
+            out[key] = old
+        else:
+            todo.append((key, st.st_size, st.st_mtime_ns))
+
+    def digest(item: tuple[str, int, int]) -> str | None:
+        try:
+            return sha256_file(item[0])
+        except OSError:
+            return None
+
+    workers = min(8, os.cpu_count() or 1) if len(todo) > 16 else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (key, size, mtime), h in zip(todo, pool.map(digest, todo), strict=True):
+            if h is not None:
+                out[key] = {"size": size, "mtime_ns": mtime, "sha256": h}
+    return out
