@@ -550,8 +550,8 @@ ROWS: list[Row] = [
     Row("spec-unreadable", _chmod(lambda e: e.spec), ("spec.yaml", "permission"),
         root_skip=True),
     Row("free-image-unreadable", _chmod(lambda e: e.free(0)), ("permission",), root_skip=True),
-    data_err("free-image-dangling-symlink", _dangling_free_image, ("gone.jpg", "check the path")),
-    data_err("free-image-is-a-folder", _folder_named_like_image, ("dir.jpg",)),
+    data_err("free-image-dangling-symlink", _dangling_free_image, ("gone.jpg", "broken link")),
+    data_ok("free-image-is-a-folder", _folder_named_like_image),  # not a file: not an image
     Row("out-is-a-file", _out_is_file, ("out", "is a file, not a folder")),
     Row("out-below-a-file", _out_under_file, ("taken", "is a file")),
     data_ok("unicode-spaces-root", lambda e: _move_root(e, "données ü x")),

@@ -71,17 +71,12 @@ def real_items(ref: DatasetRef, positives: int | str, seed: int = 0) -> list[Ite
 
 
 def load_generated(root: str | Path, what: str) -> list[Sample]:
-    """The samples of a ``diag generate`` folder; a damaged manifest (records without
-    ``image`` or ``mask``, values of the wrong type, bytes that are not text) is one
-    :class:`DiagError` line naming the folder (``what``: how the user gave it)."""
+    """The samples of a ``diag generate`` folder (damaged manifest lines are skipped); an
+    error says how the user gave the folder (``what``: ``data.generated``, ``--generated``)."""
     try:
         return load_dataset("generated", root, "all")
-    except DiagError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise DiagError(f"{what} {where(root)} has a damaged manifest ({type(exc).__name__}: "
-                        f"{exc}): regenerate the folder with diag generate, or delete the "
-                        "damaged lines of its manifest") from None
+    except DiagError as exc:
+        raise DiagError(f"{what}: {exc}") from None
 
 
 def generated_items(folders: list[str], naug: int | None, seed: int = 0) -> list[Item]:

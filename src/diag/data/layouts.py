@@ -148,7 +148,8 @@ def read_magnetic_tile(root: Path, split: str = "train", test_fraction: float = 
         cls = d.name[3:].lower()
         imgs = d / "Imgs"
         for p in sorted(imgs.iterdir()):
-            if p.suffix.lower() not in (".jpg", ".jpeg", ".bmp") or p.name.startswith("."):
+            if (p.suffix.lower() not in (".jpg", ".jpeg", ".bmp") or p.name.startswith(".")
+                    or p.is_dir()):
                 continue
             if split != "all" and _in_test(f"{d.name}/{p.stem}", test_fraction, split_seed) != (
                     split == "test"):
@@ -202,6 +203,11 @@ def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
             continue
         defect = r.get("defect") if isinstance(r.get("defect"), str) else ""
         out.append(Sample(r["id"], files[0], files[1], 1, defect, meta=r))
+    if not out:
+        raise DiagError(f"{where(root)} holds no usable generated sample: none of the "
+                        f"{len(records)} readable record(s) of its manifest has its image and "
+                        "mask on disk (damaged lines are skipped): run diag generate there "
+                        "again to complete it")
     return out
 
 

@@ -55,7 +55,12 @@ def input_files(inputs: Any, spec: Any) -> list[Path]:
 
 def fingerprint(inputs: Any, spec: Any, old: dict[str, Any] | None = None) -> dict[str, Any]:
     """The inputs of a plan: its files (hashed) and the plan's image order."""
-    files = hash_files(input_files(inputs, spec), (old or {}).get("files"))
+    paths = input_files(inputs, spec)
+    files = hash_files(paths, (old or {}).get("files"))
+    unreadable = [str(p) for p in paths if str(p) not in files]
+    if unreadable:
+        raise DiagError(f"cannot read {len(unreadable)} input file(s): {some(unreadable, 3)} "
+                        "(a broken link, a folder, or no permission): fix or remove them")
     return {"format": FORMAT, "files": files,
             "negatives": [s.id for s in inputs.negatives],
             "positives": [s.id for s in inputs.positives]}
