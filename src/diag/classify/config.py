@@ -245,6 +245,8 @@ def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
     for ref in (cfg.data.train, cfg.data.test):
         if ref is not None:
             ref.root = _resolve(ref.root, base)
+            if ref.split_file:
+                ref.split_file = _resolve(ref.split_file, base)
     cfg.data.generated = [_resolve(g, base) for g in cfg.data.generated]
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and not Path(pre).expanduser().is_absolute():

@@ -176,6 +176,9 @@ def splits_overlap(dataset: dict[str, Any], ref: DatasetRef) -> bool:
     a, b = str(dataset.get("split", "train")), ref.split
     if "all" in (a, b) or a == b:
         return True
+    files = (dataset.get("split_file"), ref.split_file)
+    if any(files):  # a saved split: disjoint only when both use the same file
+        return not all(files) or resolved(str(files[0])) != resolved(str(files[1]))
     if _layout(dataset) in HASH_SPLIT_LAYOUTS:
         return (float(dataset.get("test_fraction", 0.3)), int(dataset.get("split_seed", 0))) != (
             ref.test_fraction, ref.split_seed)

@@ -28,6 +28,8 @@ class DatasetRef:
         split: train, test or all (generate from training images only, to keep test honest).
         test_fraction: Layouts without an official split: share of images held out as test.
         split_seed: Seed of that split.
+        split_file: A saved split (:mod:`diag.data.split`): ``split`` takes its ``train`` or
+            ``test`` ids, whatever the layout (``diag bench`` writes one per experiment).
         images: folder layout: image subfolder.
         masks: folder layout: mask subfolder (none: every image is defect-free).
         mask_suffix: folder layout: mask stem = image stem + this suffix.
@@ -38,6 +40,7 @@ class DatasetRef:
     split: str = "train"
     test_fraction: float = 0.3
     split_seed: int = 0
+    split_file: str | None = None
     images: str = "."
     masks: str | None = None
     mask_suffix: str = ""
@@ -62,4 +65,9 @@ class DatasetRef:
 
     def load(self) -> list[Sample]:
         """Read the samples this reference points at, sorted by id."""
+        if self.split_file:
+            from diag.data.split import apply_split
+
+            samples = load_dataset(self.layout, self.root, "all", **self.options())
+            return apply_split(samples, self.split_file, self.split)
         return load_dataset(self.layout, self.root, self.split, **self.options())

@@ -184,7 +184,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the spec's relative paths relative to ``base`` (the spec file's folder), in place.
 
     Model ids stay as they are unless they name an existing folder or start with ``.``."""
-    for section, key in (("dataset", "root"), ("regions", "path"), ("generator", "model"),
+    for section, key in (("dataset", "root"), ("dataset", "split_file"), ("regions", "path"),
+                         ("generator", "model"),
                          ("generator", "textures")):
         node = data.get(section)
         if not isinstance(node, dict) or not isinstance(node.get(key), str) or not node[key]:
