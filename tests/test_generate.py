@@ -255,13 +255,19 @@ def test_tiny_model_command_and_dry_run(tmp_path: Path, example_root: Path, cli)
     assert not (tmp_path / "o").exists()
 
 
-def test_demo_writes_contact_sheet(tmp_path: Path, cli) -> None:
+def test_demo_runs_the_whole_path(tmp_path: Path, cli) -> None:
+    """generate -> train -> evaluate -> fidelity -> report on the bundled images."""
     code, out, err = cli("demo", "--out", tmp_path / "demo")
     assert code == 0, err
     assert "memseg" in err  # no CUDA here: the notice says why
-    sheet = Image.open(tmp_path / "demo" / "contact_sheet.png")
+    demo = tmp_path / "demo"
+    sheet = Image.open(demo / "contact_sheet.png")
     assert sheet.size[0] > 200 and sheet.size[1] > 200
-    check_outputs(tmp_path / "demo", 12)
+    (generated,) = (demo / "generated").iterdir()
+    check_outputs(generated, 12)
+    assert str(demo / "report.html") in out and (demo / "report.html").stat().st_size > 1000
+    rows = (demo / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # real-only full-shot, memseg zero-shot and full-shot
 
 
 def test_copy_of_example_with_relative_paths(tmp_path: Path, cli) -> None:

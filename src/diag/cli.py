@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except DiagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return DiagError.exit_code
+    except BrokenPipeError:  # `diag ... | head`: the reader has gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # disk full, permissions, read-only disks: the user's to fix
         if os.environ.get("DIAG_DEBUG"):
             raise

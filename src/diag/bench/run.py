@@ -145,14 +145,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def generate_set(gen: GeneratedSet, out: Path, device: str | None) -> Path:
-    """Make (or finish) one method's generated set."""
+def generate_set(gen: GeneratedSet, out: Path, device: str | None,
+                 generator: Any = None) -> Path:
+    """Make (or finish) one method's generated set (with an already loaded ``generator`` if
+    given)."""
     from diag.generate import run_spec
     from diag.generate.spec import parse_spec
 
     folder = out / "generated" / gen.folder
     spec = parse_spec(gen.spec, f"bench method '{gen.method}'", notes=False)
-    run_spec(spec, folder, device=device, progress=False)
+    run_spec(spec, folder, device=device, progress=False, generator=generator)
     return folder
 
 
@@ -274,7 +276,8 @@ def _cell_done(run: Path) -> dict[str, Any] | None:
 
 
 def run_bench(grid: Grid, out: str | Path, device: str | None = None,
-              progress: bool | None = None, log: Callable[[str], None] = _log) -> BenchSummary:
+              progress: bool | None = None, log: Callable[[str], None] = _log,
+              generators: dict[str, Any] | None = None) -> BenchSummary:
     """Run every cell of ``grid`` into ``out`` (resumable; finished cells are reused).
 
     Args:
@@ -283,6 +286,8 @@ def run_bench(grid: Grid, out: str | Path, device: str | None = None,
         device: auto, cpu, cuda... for generation, training and fidelity (default: auto).
         progress: Show the overall progress bar (None: on a terminal).
         log: Where the one-line-per-cell messages go.
+        generators: Already loaded generators by method name (``diag demo`` checks SDXL by
+            loading it once).
 
     Raises:
         DiagError: bad grid or data, another bench writing ``out``, or a failing cell.
@@ -308,7 +313,7 @@ def run_bench(grid: Grid, out: str | Path, device: str | None = None,
         plan = make_plan(grid, train_ref, test_ref, split["key"], size)
         write_json(out / "bench.json", _describe(grid, plan, split, choice))
         test_classes = {s.id: s.defect for s in DatasetRef(**test_ref).load() if s.label}
-        fidelity = _make_sets(plan, out, grid, train_ref, device, log)
+        fidelity = _make_sets(plan, out, grid, train_ref, device, log, generators or {})
         rows: list[dict[str, Any]] = []
         trained = reused = 0
         bar = tqdm(total=len(plan.cells), desc="bench", unit="cell",
@@ -350,13 +355,14 @@ def run_bench(grid: Grid, out: str | Path, device: str | None = None,
 
 
 def _make_sets(plan: Plan, out: Path, grid: Grid, train_ref: dict[str, Any],
-               device: str | None, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+               device: str | None, log: Callable[[str], None], generators: dict[str, Any]
+               ) -> dict[str, dict[str, float]]:
     """Generate every set (resuming unfinished ones) and score its fidelity."""
     scores: dict[str, dict[str, float]] = {}
     extractor = None
     for gen in plan.sets:
         t = time.perf_counter()
-        folder = generate_set(gen, out, device)
+        folder = generate_set(gen, out, device, generators.get(gen.method))
         line = f"generated {gen.method} seed {gen.seed}: {folder.name}"
         if grid.fidelity.enabled:
             if extractor is None:

@@ -45,6 +45,7 @@ class Stat:
     noise: float = 0.0
     chance: float = math.nan
     extra: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """``auroc``, ``precision``, ``recall`` and each ``recall_<class>``: (mean, std)."""
 
     @property
     def near_chance(self) -> bool:
@@ -124,7 +125,8 @@ def _stat(group: list[dict[str, str]]) -> Stat:
     ap = np.array([_num(r["ap"]) for r in group])
     noise = np.array([_num(r.get("ap_noise")) for r in group])
     extra = {}
-    for k in METRICS[1:]:
+    per_class = sorted({k for r in group for k in r if k.startswith("recall_")})
+    for k in [*METRICS[1:], *per_class]:
         v = np.array([_num(r.get(k)) for r in group])
         extra[k] = (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan,
                     float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0)

@@ -31,13 +31,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"profile={args.profile}"] if args.profile else [])
     grid = load_grid(args.grid, overrides)
     if args.dry_run:
-        from diag.bench.grid import method_spec
+        from diag.bench.plan import make_plan
 
-        for name in grid.methods:
-            method_spec(grid, name)
-        pairs = grid.seed_pairs()
-        print(f"methods {', '.join(grid.methods)}; settings {', '.join(grid.settings)}; Naug "
-              f"{grid.naug}; seed pairs {pairs}; protocols {', '.join(grid.protocols)}")
+        plan = make_plan(grid, {"root": "train"}, {"root": "test"}, "dry-run", (0, 0))
+        print(f"{len(plan.sets)} generated sets, {len(plan.cells)} cells: methods "
+              f"{', '.join(grid.methods)}; settings {', '.join(grid.settings)}; Naug "
+              f"{grid.naug}; seed pairs {grid.seed_pairs()}; protocols "
+              f"{', '.join(grid.protocols)}")
+        for cell in plan.cells:
+            print(f"  {cell.label}")
         return 0
     summary = run_bench(grid, args.out, device=args.device)
     print(f"{summary.cells} cells ({summary.trained} trained, {summary.reused} reused) in "
