@@ -103,7 +103,7 @@ def choose_input_size(train: list[Any], max_side: int, min_width: float = 3.0
     from scipy import ndimage
 
     sizes = np.array([s.size for s in train], dtype=float)
-    h, w = np.median(sizes[:, 0]), np.median(sizes[:, 1])
+    h, w = float(np.median(sizes[:, 0])), float(np.median(sizes[:, 1]))
     widths = []
     for s in [s for s in train if s.label][:300]:
         mask = s.mask
@@ -111,12 +111,12 @@ def choose_input_size(train: list[Any], max_side: int, min_width: float = 3.0
             widths.append(2 * float(ndimage.distance_transform_edt(mask).max()))
     long_side = max(h, w)
     if widths:
-        narrow = float(np.percentile(widths, 25))
+        narrow = round(float(np.percentile(widths, 25)), 2)
         want = long_side * min_width / narrow
     else:
         narrow, want = None, long_side
     side = int(min(max_side, max(64, math.ceil(want / 32) * 32), math.ceil(long_side / 32) * 32))
-    scale = side / long_side
+    scale = float(side / long_side)
     hh = max(32, int(round(h * scale / 32)) * 32)
     ww = max(32, int(round(w * scale / 32)) * 32)
     thin = float(np.mean(np.array(widths) * scale < 2)) if widths else None
