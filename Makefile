@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/diag demo --out out/demo
 
-test: $(STAMP)
+browser:   # headless Chromium for the report and web-page tests (best effort, never fails)
+	@sh scripts/install-chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)   # also the slow tests (full-size runs of the presets)
+test-all: $(STAMP) browser   # also the slow tests (full-size runs of the presets)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q -m ""
 

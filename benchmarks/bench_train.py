@@ -6,6 +6,7 @@ step) and the peak resident memory of that process.
 
     python benchmarks/bench_train.py                      # all backbones, 704x256 and 128x64
     python benchmarks/bench_train.py --steps 3 --batch 8 --sizes 704x256
+    python benchmarks/bench_train.py --formats channels_last,contiguous   # diag trains NHWC
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 
 def one(backbone: str, height: int, width: int, batch: int, steps: int, device: str,
-        threads: int) -> dict:
+        threads: int, memory_format: str = "channels_last") -> dict:
     import torch
 
     if threads:
@@ -31,10 +32,11 @@ def one(backbone: str, height: int, width: int, batch: int, steps: int, device: 
 
     torch.manual_seed(0)
     model, _ = build_model(backbone, "none")
-    model.to(device).train()
+    fmt = getattr(torch, memory_format)
+    model.to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    x = torch.randn(batch, 3, height, width, device=device)
+    x = torch.randn(batch, 3, height, width, device=device).to(memory_format=fmt)
     y = (torch.arange(batch, device=device) % 2).float()
 
     def step() -> None:
@@ -54,7 +56,7 @@ def one(backbone: str, height: int, width: int, batch: int, steps: int, device: 
     return {"backbone": backbone, "input": f"{height}x{width}", "batch": batch, "steps": steps,
             "images_per_s": round(batch * steps / dt, 2), "seconds_per_step": round(dt / steps, 3),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "threads": torch.get_num_threads(), "device": device}
+            "threads": torch.get_num_threads(), "device": device, "format": memory_format}
 
 
 def main() -> None:
@@ -65,26 +67,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--formats", default="channels_last",
+                    help="memory formats: channels_last (what diag train uses), contiguous")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        b, hw = args.one.split("@")
+        b, hw, fmt = args.one.split("@")
         h, w = map(int, hw.split("x"))
-        print(json.dumps(one(b, h, w, args.batch, args.steps, args.device, args.threads)))
+        print(json.dumps(one(b, h, w, args.batch, args.steps, args.device, args.threads, fmt)))
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print("| backbone | input HxW | batch | threads | images/s | s/step | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for b in args.backbones.split(","):
-        for hw in args.sizes.split(","):
-            r = subprocess.run([sys.executable, __file__, "--one", f"{b}@{hw}", "--batch",
-                                str(args.batch), "--steps", str(args.steps), "--device",
-                                args.device, "--threads", str(args.threads)],
-                               capture_output=True, text=True, check=True)
-            d = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"| {b} | {d['input']} | {d['batch']} | {d['threads']} | {d['images_per_s']} | "
-                  f"{d['seconds_per_step']} | {d['peak_rss_mib']} |", flush=True)
+    print("| backbone | input HxW | memory format | batch | threads | images/s | s/step | "
+          "peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b, hw, fmt in ((b, hw, f) for b in args.backbones.split(",")
+                       for hw in args.sizes.split(",") for f in args.formats.split(",")):
+        r = subprocess.run([sys.executable, __file__, "--one", f"{b}@{hw}@{fmt}", "--batch",
+                            str(args.batch), "--steps", str(args.steps), "--device",
+                            args.device, "--threads", str(args.threads)],
+                           capture_output=True, text=True, check=True)
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"| {b} | {d['input']} | {fmt} | {d['batch']} | {d['threads']} | "
+              f"{d['images_per_s']} | {d['seconds_per_step']} | {d['peak_rss_mib']} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from diag.classify.data import ImageSet, Item, check_items
 from diag.classify.leakage import TRAINING_FILES, find_overlap, guard, read_training_record
 from diag.classify.models import build_model
 from diag.classify.train import (
+    CHANNELS_LAST,
     MODEL_FORMAT,
     _items_rows,
     plot_pr,
@@ -91,7 +92,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
             "batch_size": cfg["train"].get("batch_size", 32)}
     model, _ = build_model(backbone, "none")
     model.load_state_dict(obj["model"])
-    model.to(device).eval()
+    model.to(device, memory_format=CHANNELS_LAST).eval()
     return model, info
 
 

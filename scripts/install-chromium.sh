@@ -1,0 +1,16 @@
+#!/usr/bin/env sh
+# Best effort: Debian's headless Chromium, which the report and web-page tests render in.
+# Never fails: without it those tests skip and say why.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+  exit 0
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (Debian package) for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+     chromium-driver >/dev/null) \
+    || echo "could not install chromium: the browser tests will skip"
+else
+  echo "chromium not found (install it with: sudo apt-get install -y chromium chromium-driver);" \
+       "the browser tests will skip"
+fi
+exit 0
