@@ -165,9 +165,46 @@ def test_a_run_that_made_nothing_does_not_block_the_corrected_one(tmp_path: Path
                      generator={"kind": "diffusion", "model": str(tmp_path / "no-such-model")})
     msg = one_line_error(cli, "generate", typo, "--out", tmp_path / "o")
     assert "no-such-model" in msg
+    left = sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith("."))
+    assert left == ["generate.log"], "only the log, which says why it stopped"
+    assert "no-such-model" in (tmp_path / "o/generate.log").read_text()
     code, _, err = cli("generate", spec_file(tmp_path, mt_copy), "--out", tmp_path / "o")
-    assert code == 0 and "3 generated" in err and "made no sample: replacing it" in err
+    assert code == 0 and "3 generated" in err and "replacing" not in err
     assert yaml.safe_load((tmp_path / "o/spec.yaml").read_text())["generator"]["kind"] == "memseg"
+
+
+def test_a_killed_run_that_made_nothing_does_not_block_either(tmp_path: Path, mt_copy: Path,
+                                                              cli) -> None:
+    """kill -9 cannot clean up: the spec it left is replaced, with a warning."""
+    out = tmp_path / "o"
+    out.mkdir()
+    other = spec_file(tmp_path, mt_copy, name="other.yaml",
+                      defects=[{"name": "blowhole", "prompt": "a pit", "count": 2}])
+    (out / "spec.yaml").write_text(
+        yaml.safe_dump(yaml.safe_load(Path(other).read_text()) | {"seed": 7}))
+    code, _, err = cli("generate", spec_file(tmp_path, mt_copy), "--out", out)
+    assert code == 0 and "3 generated" in err and "made no sample: replacing it" in err
+
+
+def test_overwrite_starts_afresh(tmp_path: Path, mt_copy: Path, cli) -> None:
+    out = tmp_path / "o"
+    assert cli("generate", spec_file(tmp_path, mt_copy), "--out", out)[0] == 0
+    other = spec_file(tmp_path, mt_copy, name="other.yaml",
+                      defects=[{"name": "blowhole", "prompt": "a pit", "count": 2}])
+    msg = one_line_error(cli, "generate", other, "--out", out)
+    assert "different spec" in msg and "--overwrite" in msg
+    before = files_of(out)
+    code, _, err = cli("generate", other, "--out", out, "--overwrite")
+    assert code == 0 and "2 generated, 0 already done" in err
+    assert sorted(r["id"] for r in read_manifest(out)) == ["blowhole_00000", "blowhole_00001"]
+    assert not [k for k in files_of(out) if "crack" in k] and before
+    # only diag's own files: a folder with anything else is refused, and nothing is deleted
+    (out / "notes.txt").write_text("mine")
+    msg = one_line_error(cli, "generate", other, "--out", out, "--overwrite")
+    assert "notes.txt" in msg and "did not write" in msg
+    assert len(read_manifest(out)) == 2 and (out / "notes.txt").is_file()
+    msg = one_line_error(cli, "generate", other, "--out", out, "--overwrite", "--shard", "0/2")
+    assert "--shard" in msg
 
 
 def _two_at_once(cmd_a: list[str], cmd_b: list[str]) -> list[subprocess.CompletedProcess]:

@@ -910,7 +910,7 @@ ROWS: list[Row] = [
           ("default.json", "width")),
     drawn("drawn-wrong-file-for-every-image", {"other_stem.png": array(np.full((9, 9), 255,
                                                                                np.uint8))},
-          ("no drawn region matches", "default.png")),
+          ("no drawn region for defect", "default.png")),
     drawn("drawn-polygon-normalized", {"default.json": polygons(
         {"polygons": [[[0.1, 0.1], [0.6, 0.15], [0.5, 0.5]]], "normalized": True})}, WORKS),
     drawn("drawn-labelme-line", {"default.json": polygons(

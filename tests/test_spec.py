@@ -57,3 +57,33 @@ def test_set_picks_list_items_by_index(example_root: Path) -> None:
         load_spec(example_root.parent / "magnetic_tile.yaml", ["defects.2.count=1"])
     with pytest.raises(DiagError, match="is a list of 2 items"):
         load_spec(example_root.parent / "magnetic_tile.yaml", ["defects.name=x"])
+
+
+def test_a_plain_folder_is_not_split_unless_asked(tmp_path: Path, example_root: Path) -> None:
+    """A folder used only as a source of defect-free images: every image is a source; layouts
+    with training and test data keep generating from train only."""
+    from PIL import Image
+
+    from diag.generate import load_inputs
+
+    for i in range(6):
+        Image.new("L", (32, 32), 100 + i).save(tmp_path / f"good_{i}.png")
+    base = {"defects": [{"name": "a", "count": 1}], "generator": {"kind": "cutpaste"},
+            "regions": {"source": "shapes"}}
+    for layout in ("folder", "auto"):
+        spec = parse_spec({**base, "dataset": {"root": str(tmp_path), "layout": layout}})
+        assert spec.dataset.split == "all"
+        assert len(load_inputs(spec).negatives) == 6
+    asked = parse_spec({**base, "dataset": {"root": str(tmp_path), "layout": "folder",
+                                            "split": "train"}})
+    assert asked.dataset.split == "train" and len(load_inputs(asked).negatives) < 6
+    mt = parse_spec({**base, "dataset": {"root": str(example_root),
+                                         "layout": "magnetic-tile"}})
+    assert mt.dataset.split == "train"
+    assert parse_spec(yaml_roundtrip(asked.to_dict())).dataset.split == "train"
+
+
+def yaml_roundtrip(d: dict) -> dict:
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump(d))

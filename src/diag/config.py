@@ -222,9 +222,12 @@ def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "")
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass tree as plain dicts/lists (paths as strings), for YAML/JSON."""
+    """A dataclass tree as plain dicts/lists (paths as strings), for YAML/JSON. Fields marked
+    ``metadata={"omit_none": True}`` are left out while they are None (so files written before
+    such an optional field existed still compare equal)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

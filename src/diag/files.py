@@ -14,6 +14,7 @@ content hashes. Every command writes through this module, and every failure is o
   ``DiagError`` line saying what to do. When the folder cannot be written but the file
   already holds the same content (``volatile`` keys such as timings aside), nothing needs
   writing and the write succeeds: a rerun on a finished, read-only output works.
+* :func:`copy_file` copies (or hard-links) a file into place the same way.
 * :func:`lock_folder` keeps two processes from writing one run folder at the same time (an
   advisory lock on the folder itself: no lock file is left behind, and a lock dies with its
   process, even by kill -9); :func:`lock_file` does the same with a named lock file, for
@@ -355,6 +356,63 @@ def write_json(path: str | Path, obj: Any, *, volatile: Iterable[str] = (), reru
     volatile = tuple(volatile)
     return write_bytes(path, _json_text(obj).encode("utf-8"), rerun=rerun, keep_same=keep_same,
                        same=lambda p: _json_same(p, obj, volatile))
+
+
+class _ReadFailed(Exception):
+    """A source file failed while being copied (told apart from a failed write)."""
+
+
+def copy_file(src: str | Path, dst: str | Path, *, link: bool = False, rerun: str = RERUN
+              ) -> None:
+    """Copy ``src`` to ``dst`` atomically (streamed through a temporary file beside ``dst``).
+
+    With ``link`` the copy is a hard link when the file system allows one (same device,
+    links permitted), else a plain copy: linked files share their content, so editing one in
+    place changes both.
+
+    Raises:
+        DiagError: ``src`` cannot be read, or ``dst`` cannot be written (one line each).
+    """
+    src, dst = Path(src), Path(dst)
+
+    def unreadable(exc: OSError) -> DiagError:
+        return DiagError(f"cannot read {where(src)} ({exc.strerror or exc}): check that it "
+                         "exists and is readable")
+
+    try:
+        fh_src = open(src, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise unreadable(exc) from None
+    with fh_src:
+        if link:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.parent / f".{dst.name}.{os.getpid()}.link{TMP_SUFFIX}"
+            try:
+                with suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.link(src, tmp)
+                os.replace(tmp, dst)
+                return
+            except OSError:  # another device, links not allowed: copy instead
+                with suppress(OSError):
+                    tmp.unlink()
+
+        def fill(fh: IO[bytes]) -> None:
+            while True:
+                try:
+                    chunk = fh_src.read(1 << 20)
+                except OSError as exc:
+                    raise _ReadFailed(exc) from None
+                if not chunk:
+                    return
+                fh.write(chunk)
+
+        try:
+            _atomic(dst, fill)
+        except _ReadFailed as exc:
+            raise unreadable(exc.args[0]) from None
+        except OSError as exc:
+            raise write_error(dst, exc, rerun) from None
 
 
 def save_torch(path: str | Path, obj: Any, *, rerun: str = RERUN) -> None:

@@ -49,7 +49,9 @@ ROLES: dict[str, tuple[str, str]] = {
     "source": ("images", "generated_from_test_image"),
     "mask": ("masks", "generated_mask_from_test"),
 }
-HASH_SPLIT_LAYOUTS = ("magnetic-tile", "folder")  # split by hash, per test_fraction/split_seed
+# split by hash, per test_fraction/split_seed (anomalib-folder: its normals, unless the test
+# normals have their own normal_test_dir)
+HASH_SPLIT_LAYOUTS = ("magnetic-tile", "folder", "anomalib-folder")
 
 
 def resolved(path: str | Path) -> str:

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-changed-inputs", action="store_true",
                    help="continue a folder although its dataset, regions, textures or model "
                         "changed since its samples were made (recorded in inputs.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out afresh: delete the samples, manifest and records a previous "
+                        "run left there (only diag's own files)")
     p.set_defaults(func=run)
 
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
               f"), generator {spec.generator.kind}")
         return 0
     summary = run_spec(spec, args.out, shard=shard, limit=args.limit, device=args.device,
-                       allow_changed_inputs=args.allow_changed_inputs)
+                       allow_changed_inputs=args.allow_changed_inputs, overwrite=args.overwrite)
     state = "complete" if summary.complete else "incomplete (run again, or run the other shards)"
     print(f"{summary.generated} generated, {summary.skipped} already done, of {summary.planned} "
           f"planned in {summary.seconds:.1f}s; set {state}; manifest: {summary.manifest}",

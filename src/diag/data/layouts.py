@@ -20,6 +20,11 @@ Layouts:
 ``folder``
     Any folder of images, with an optional folder of masks matched by stem plus a suffix
     (``mask_suffix``, default ``""``). Images without a mask are defect-free.
+``anomalib-folder``
+    anomalib's ``Folder`` layout, with its option names (:func:`read_anomalib_folder`):
+    ``normal_dir`` (required), ``abnormal_dir``, ``mask_dir``, ``normal_test_dir``, each a
+    folder (or a list of folders) relative to the root, read recursively. Never guessed by
+    ``auto``: it needs these options.
 ``generated``
     The output folder of ``diag generate`` (read from its manifest).
 
@@ -187,6 +192,123 @@ def read_folder(root: Path, split: str = "all", images: str = ".", masks: str | 
     return out
 
 
+def _anomalib_dirs(root: Path, value: object, field: str) -> list[Path]:
+    """The folders of one anomalib-folder option (a folder or a list), each checked."""
+    if value is None:
+        return []
+    names = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    out = []
+    for name in names:
+        folder = (root / Path(name).expanduser()).resolve()
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DiagError(f"anomalib-folder {field} {where(folder)} {state}: set dataset.{field} "
+                            f"to a folder relative to the root {where(root)}")
+        out.append(folder)
+    return out
+
+
+def _anomalib_files(folders: list[Path], field: str, extensions: tuple[str, ...]) -> list[Path]:
+    """Image files under ``folders`` (recursively, as anomalib globs ``**/*``; hidden files and
+    folders skipped), sorted by path as anomalib sorts them."""
+    files: list[Path] = []
+    for folder in folders:
+        found = [p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+        if not found:
+            raise DiagError(f"anomalib-folder {field} {where(folder)} holds no image (files ending "
+                            f"in {', '.join(extensions)}): point dataset.{field} at the images, or "
+                            "set dataset.extensions")
+        files += found
+    return sorted(files, key=str)
+
+
+def _anomalib_masks(images: list[Path], masks: list[Path]) -> list[Path]:
+    """Masks paired with abnormal images the way anomalib's ``make_folder_dataset`` pairs them:
+    both lists sorted by path, matched one to one, and each image's stem must be part of its
+    mask's stem (``000.png`` with ``000.png`` or ``000_mask.png``)."""
+    if len(images) != len(masks):
+        stems = {m.stem for m in masks}
+        lonely = [str(p) for p in images if not any(p.stem in s for s in stems)]
+        hint = f" (e.g. no mask for {where(lonely[0])})" if lonely else ""
+        raise DiagError(f"anomalib-folder: {len(images)} abnormal image(s) but {len(masks)} "
+                        f"mask(s){hint}: anomalib pairs them one to one in sorted order, so "
+                        "give every abnormal image a mask of the same name, or drop mask_dir")
+    for img, mask in zip(images, masks, strict=True):
+        if img.stem not in mask.stem:
+            raise DiagError(f"anomalib-folder: abnormal image {where(img)} is paired with mask "
+                            f"{where(mask)} (anomalib pairs the sorted lists): name each mask "
+                            "after its image (000.png -> 000.png or 000_mask.png)")
+    return masks
+
+
+def read_anomalib_folder(root: Path, split: str = "train", normal_dir: object = None,
+                         abnormal_dir: object = None, mask_dir: object = None,
+                         normal_test_dir: object = None, extensions: object = None,
+                         test_fraction: float = 0.3, split_seed: int = 0,
+                         **_: object) -> list[Sample]:
+    """anomalib's ``Folder`` layout (anomalib 2.x ``make_folder_dataset``), with its option
+    names; every folder option is relative to ``root`` and may be a list of folders.
+
+    * ``train``: the ``normal_dir`` images; without ``normal_test_dir``, a seeded
+      ``test_fraction`` of them (``split_seed``, stable per image) is held out as test, as
+      anomalib's datamodule samples normal test images from the training set.
+    * ``test``: the ``abnormal_dir`` images, plus ``normal_test_dir`` (or the held-out
+      normals); ``all``: everything.
+
+    Masks pair with abnormal images as in anomalib (sorted lists, the image's stem inside the
+    mask's). Labels follow diag's rule: an abnormal image whose mask is empty is defect-free.
+    Without ``mask_dir`` every abnormal image is a positive without a mask file (a mask of
+    all False): real-masks regions and copy-paste skip it with a note. The defect class is
+    the image's folder name.
+    """
+    root = _check_root(root, "anomalib-folder")
+    if normal_dir is None:
+        raise DiagError(f"layout anomalib-folder needs normal_dir (the defect-free images, relative "
+                        f"to {where(root)}): set dataset.normal_dir")
+    if mask_dir is not None and abnormal_dir is None:
+        raise DiagError("anomalib-folder: mask_dir is set but abnormal_dir is not: set "
+                        "dataset.abnormal_dir to the defective images the masks belong to")
+    exts = tuple(str(e).lower() for e in extensions) if isinstance(extensions, (list, tuple)) \
+        else (str(extensions).lower(),) if extensions else IMAGE_SUFFIXES
+    base = root.resolve()
+    fields = {"normal_dir": normal_dir, "normal_test_dir": normal_test_dir,
+              "abnormal_dir": abnormal_dir, "mask_dir": mask_dir}
+    files = {f: _anomalib_files(_anomalib_dirs(root, v, f), f, exts) if v is not None else []
+             for f, v in fields.items()}
+    seen: dict[Path, str] = {}
+    for f, paths in files.items():
+        for p in paths:
+            if p in seen:
+                raise DiagError(f"anomalib-folder: {where(p)} is under both {seen[p]} and {f}: "
+                                "the folders must not overlap (e.g. normal_dir '.' takes every "
+                                "image under the root)")
+            seen[p] = f
+    masks = _anomalib_masks(files["abnormal_dir"], files["mask_dir"]) if mask_dir is not None \
+        else [None] * len(files["abnormal_dir"])
+
+    def ident(p: Path, field: str) -> str:
+        try:
+            rel = p.relative_to(base)
+        except ValueError:  # a folder outside the root
+            rel = Path(field, *p.parts[-2:])
+        return rel.with_suffix("").as_posix()
+
+    out: list[Sample] = []
+    held_out = normal_test_dir is None
+    for p in files["normal_dir"]:
+        sid = ident(p, "normal_dir")
+        in_test = held_out and _in_test(sid, test_fraction, split_seed)
+        if split == "all" or in_test == (split == "test"):
+            out.append(Sample(sid, p))
+    if split in ("test", "all"):
+        out += [Sample(ident(p, "normal_test_dir"), p) for p in files["normal_test_dir"]]
+        for p, m in zip(files["abnormal_dir"], masks, strict=True):
+            label = _positive(m, p) if m is not None else 1
+            out.append(Sample(ident(p, "abnormal_dir"), p, m, label, p.parent.name if label else ""))
+    return out
+
+
 def read_generated(root: Path, split: str = "all", **_: object) -> list[Sample]:
     """Samples of a ``diag generate`` output folder (all positives), in plan order."""
     from diag.data.manifest import read_manifest, sample_files
@@ -216,6 +338,7 @@ READERS: dict[str, Callable[..., list[Sample]]] = {
     "mvtec": read_mvtec,
     "magnetic-tile": read_magnetic_tile,
     "folder": read_folder,
+    "anomalib-folder": read_anomalib_folder,
     "generated": read_generated,
 }
 
@@ -225,12 +348,14 @@ def load_dataset(layout: str, root: str | Path, split: str = "train", **options:
     """Read a dataset into a list of samples, sorted by id.
 
     Args:
-        layout: One of ``ksdd2``, ``mvtec``, ``magnetic-tile``, ``folder``, ``generated``, or
-            ``auto`` (guessed from the folder's contents).
+        layout: One of ``ksdd2``, ``mvtec``, ``magnetic-tile``, ``folder``,
+            ``anomalib-folder``, ``generated``, or ``auto`` (guessed from the folder's contents;
+            never ``anomalib-folder``, which needs its folder options).
         root: The dataset folder.
         split: ``train``, ``test`` or ``all``.
         **options: Layout options (``test_fraction``, ``split_seed``, ``images``, ``masks``,
-            ``mask_suffix``).
+            ``mask_suffix``; anomalib-folder: ``normal_dir``, ``abnormal_dir``, ``mask_dir``,
+            ``normal_test_dir``, ``extensions``).
 
     Raises:
         DiagError: unknown layout or split, missing folders, or no images found.

@@ -42,7 +42,9 @@ class Sample:
 
     @property
     def mask(self) -> np.ndarray:
-        """The binary defect mask (``bool HxW``); all False when the sample has no mask file."""
+        """The binary defect mask (``bool HxW``); all False when the sample has no mask file
+        (also for a positive without one, e.g. anomalib-folder without ``mask_dir``: its defect
+        pixels are unknown, so real-masks regions and copy-paste skip it)."""
         if self.mask_path is None:
             return np.zeros(self.size, dtype=bool)
         mask = read_mask(self.mask_path)

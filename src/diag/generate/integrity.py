@@ -41,8 +41,9 @@ def input_files(inputs: Any, spec: Any) -> list[Path]:
         files.append(Path(s.path))
         if s.mask_path is not None:
             files.append(Path(s.mask_path))
-    for folder in (getattr(spec.regions, "path", None),
-                   getattr(spec.generator.params, "textures", None)):
+    regions = [spec.regions, *(d.regions for d in spec.defects)]
+    paths = list(dict.fromkeys(getattr(r, "path", None) for r in regions if r is not None))
+    for folder in (*paths, getattr(spec.generator.params, "textures", None)):
         if folder:
             p = Path(folder)
             if p.is_dir():

@@ -14,7 +14,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from diag.data import Sample
@@ -42,26 +42,34 @@ class PlanItem:
     source: Sample
 
 
-def iter_plan(spec: Spec, negatives: Sequence[Sample]) -> Iterator[PlanItem]:
-    """The planned samples in order, one at a time (a huge count costs nothing up front)."""
-    if not negatives:
-        raise DiagError("the plan needs at least one defect-free image")
+Sources = Sequence[Sample] | Mapping[str, Sequence[Sample]]
+
+
+def iter_plan(spec: Spec, negatives: Sources) -> Iterator[PlanItem]:
+    """The planned samples in order, one at a time (a huge count costs nothing up front).
+
+    ``negatives``: the defect-free images every defect type draws from, or a mapping from
+    defect name to its own images (``Inputs.candidates``: drawn regions may cover only some).
+    """
     index = 0
     for d in spec.defects:
+        pool = negatives.get(d.name, ()) if isinstance(negatives, Mapping) else negatives
+        if not pool:
+            raise DiagError(f"the plan needs at least one defect-free image for '{d.name}'")
         name_key = int.from_bytes(hashlib.sha256(d.name.encode()).digest()[:4], "big")
-        order = rng_for(spec.seed, name_key).permutation(len(negatives))
+        order = rng_for(spec.seed, name_key).permutation(len(pool))
         for k in range(d.count):
-            # a fresh permutation each pass over the negatives, so repeats are spread out
-            p = k // len(negatives)
-            if p and k % len(negatives) == 0:
-                order = rng_for(spec.seed, name_key, p).permutation(len(negatives))
-            src = negatives[int(order[k % len(negatives)])]
+            # a fresh permutation each pass over the images, so repeats are spread out
+            p = k // len(pool)
+            if p and k % len(pool) == 0:
+                order = rng_for(spec.seed, name_key, p).permutation(len(pool))
+            src = pool[int(order[k % len(pool)])]
             yield PlanItem(index, f"{d.name}_{k:05d}", d.name, d.prompt, d.negative_prompt,
                            sample_seed(spec.seed, d.name, k), src)
             index += 1
 
 
-def make_plan(spec: Spec, negatives: Sequence[Sample]) -> list[PlanItem]:
+def make_plan(spec: Spec, negatives: Sources) -> list[PlanItem]:
     """The deterministic list of samples a spec asks for."""
     return list(iter_plan(spec, negatives))
 

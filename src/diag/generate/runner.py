@@ -148,7 +148,8 @@ def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: boo
             if has_samples or _in_use(out):
                 state = "holds samples of" if has_samples else "is being written by"
                 raise DiagError(f"{where(out)} {state} a different spec ({', '.join(diff)} "
-                                "changed): use a new --out folder, or remove the old one")
+                                "changed): use a new --out folder, or --overwrite to start "
+                                "this one afresh")
             warn(f"{where(out)} held the spec of a run that made no sample: replacing it")
         remove_temp_files(out, [SPEC_FILE, INPUTS_FILE])
         text = spec.to_yaml()
@@ -207,7 +208,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
              limit: int | None = None, device: str | None = None, progress: bool | None = None,
              generator: Generator | None = None,
              on_sample: Callable[[dict[str, Any]], None] | None = None,
-             allow_changed_inputs: bool = False) -> RunSummary:
+             allow_changed_inputs: bool = False, overwrite: bool = False) -> RunSummary:
     """Generate every planned sample of this shard that is not already done.
 
     Args:
@@ -221,6 +222,11 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
         on_sample: Called with each new manifest record.
         allow_changed_inputs: Continue a folder whose dataset, region files, textures or model
             changed since its samples were made (recorded in ``inputs.json``).
+        overwrite: Start ``out`` afresh: delete the samples, manifests and records a previous
+            run left there (only diag's own files; refused while another run writes there).
+
+    A run that stops before its first sample removes the ``spec.yaml`` and ``inputs.json``
+    it wrote to a folder without samples, so a corrected rerun starts clean.
 
     Raises:
         DiagError: bad input, a different spec in ``out``, changed inputs, the same shard
@@ -243,7 +249,26 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
     mine = len(range(i, spec.total, n))
     if not writable(out):
         return _read_only(spec, out, shard, mine, offsets, start)
+    if overwrite and n > 1:
+        raise DiagError("--overwrite with --shard: one shard would delete the others' samples; "
+                        "start the folder afresh once without --shard (or use a new --out)")
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_out_folder(out)
+    try:
+        return _run_in(spec, out, shard, limit, device, progress, generator, on_sample,
+                       allow_changed_inputs, inputs, offsets, mine, start)
+    except BaseException:
+        _forget_failed_start(out)
+        raise
+
+
+def _run_in(spec: Spec, out: Path, shard: tuple[int, int], limit: int | None,
+            device: str | None, progress: bool | None, generator: Generator | None,
+            on_sample: Callable[[dict[str, Any]], None] | None, allow_changed_inputs: bool,
+            inputs: Inputs, offsets: dict[str, int], mine: int, start: float) -> RunSummary:
+    """:func:`run_spec` once its output folder exists."""
+    i, n = shard
     inputs_record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
     manifest_path = out / manifest_name(shard)
     log = RunLog(out, shard)
@@ -256,7 +281,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                       and x % n == i)
         _remove_my_temp_files(spec, out, offsets, shard)
         remaining = mine - skipped if limit is None else min(limit, mine - skipped)
-        todo = itertools.islice((it for it in iter_plan(spec, inputs.negatives)
+        todo = itertools.islice((it for it in iter_plan(spec, inputs.candidates)
                                  if it.index % n == i and it.id not in done), remaining)
         log(f"start: {remaining} to generate, {skipped} of {mine} already done, generator "
             f"{spec.generator.kind}")
@@ -269,6 +294,49 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
             raise
     log(f"end: {len(records)} generated in {time.perf_counter() - start:.1f} s")
     return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
+
+
+OWN_FILES = (SPEC_FILE, INPUTS_FILE, LOG_FILE, MANIFEST)
+
+
+def _forget_failed_start(out: Path) -> None:
+    """After a run that stopped (error, Ctrl-C): if the folder holds no sample and nobody else
+    is generating there, remove the spec and inputs records it wrote, so a corrected spec is
+    not refused. The log keeps why it stopped."""
+    with contextlib.suppress(OSError, DiagError), folder_lock(out, "spec", wait=True):
+        if _in_use(out) or read_manifest(out):
+            return
+        for p in [out / SPEC_FILE, out / INPUTS_FILE, *out.glob("manifest*.jsonl")]:
+            if p.name.startswith("manifest") and p.stat().st_size:
+                continue  # unreadable lines: not ours to judge, keep them
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def clear_out_folder(out: Path) -> None:
+    """``--overwrite``: delete what diag generate wrote in ``out`` (samples, manifests, spec,
+    inputs, log); refuse a folder with other files, or one another run is writing."""
+    import shutil
+
+    with folder_lock(out, "spec", wait=True):
+        if _in_use(out):
+            raise DiagError(f"--overwrite: another diag generate run is writing {where(out)}: "
+                            "stop it first")
+        entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+        ours = {*OWN_FILES, "images", "masks"}
+        foreign = [p.name for p in entries if p.name not in ours
+                   and not (p.name.startswith("manifest-") and p.suffix == ".jsonl")]
+        if foreign:
+            raise DiagError(f"--overwrite: {where(out)} holds files diag generate did not write "
+                            f"({', '.join(sorted(foreign)[:3])}): it only deletes its own "
+                            "outputs; move them away or choose another --out")
+        for p in entries:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        for p in out.glob(".*" + TMP_SUFFIX):
+            p.unlink()
 
 
 def _finish(spec: Spec, out: Path, shard: tuple[int, int], mine: int, skipped: int,

@@ -8,7 +8,7 @@ outside its mask is an error naming it, never silently repaired.
 >>> from diag.generate import load_spec, load_inputs, make_plan  # doctest: +SKIP
 >>> spec = load_spec("examples/magnetic_tile.yaml", ["generator.kind=memseg"])  # doctest: +SKIP
 >>> inputs = load_inputs(spec)  # doctest: +SKIP
->>> made = generate_one(make_generator("memseg", {}), make_plan(spec, inputs.negatives)[0],
+>>> made = generate_one(make_generator("memseg", {}), make_plan(spec, inputs.candidates)[0],
 ...                     inputs)  # doctest: +SKIP
 >>> made.image.shape == made.source.shape  # doctest: +SKIP
 True
@@ -16,12 +16,14 @@ True
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from diag.config import to_dict
 from diag.data import Sample
 from diag.errors import DiagError, where
 from diag.generate.plan import PlanItem
@@ -39,11 +41,21 @@ from diag.regions import RegionSource, make_regions
 
 @dataclass
 class Inputs:
-    """The dataset as the plan and the generator see it."""
+    """The dataset as the plan and the generator see it.
+
+    Attributes:
+        negatives: Every defect-free image some defect type can go on.
+        positives: The real defective images (masks for ``real-masks``, copy-paste donors).
+        regions: Each defect type's region source (None: the generator places the defect);
+            defect types with the same regions share one source.
+        candidates: Each defect type's defect-free images: all of ``negatives`` unless its
+            drawn regions cover only some images.
+    """
 
     negatives: list[Sample]
     positives: list[Sample]
-    regions: RegionSource | None
+    regions: dict[str, RegionSource | None] = field(default_factory=dict)
+    candidates: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,22 +78,35 @@ def load_inputs(spec: Spec) -> Inputs:
     if not negatives:
         raise DiagError(f"dataset {where(d.root)} (split {d.split}) has no defect-free images to "
                         "put defects on: check dataset.root, layout and split")
-    regions = make_regions(spec.regions, positives) if spec.regions is not None else None
-    if regions is not None:
-        covered = [s for s in negatives if regions.covers(s)]
-        if not covered:
-            raise DiagError(f"no drawn region matches any defect-free image in {where(d.root)}: "
-                            "name region files after image stems, or add default.png")
-        negatives = covered
-    return Inputs(negatives, positives, regions)
+    shared: dict[str, RegionSource] = {}
+    regions: dict[str, RegionSource | None] = {}
+    candidates: dict[str, list[Sample]] = {}
+    for defect in spec.defects:
+        rs = defect.regions or spec.regions
+        if rs is None:
+            regions[defect.name], candidates[defect.name] = None, negatives
+            continue
+        key = json.dumps(to_dict(rs), sort_keys=True)
+        if key not in shared:
+            shared[key] = make_regions(rs, positives)
+        src = regions[defect.name] = shared[key]
+        candidates[defect.name] = [s for s in negatives if src.covers(s, defect.name)]
+        if not candidates[defect.name]:
+            hint = src.drawn.hint(defect.name) if src.drawn is not None else ""
+            raise DiagError(f"no drawn region for defect '{defect.name}' matches any defect-free "
+                            f"image in {where(d.root)}: name region files after image stems, or "
+                            f"add default.png{hint}")
+    used = {s.id for c in candidates.values() for s in c}
+    return Inputs([s for s in negatives if s.id in used], positives, regions, candidates)
 
 
 def prepare(item: PlanItem, inputs: Inputs) -> tuple[Request, dict[str, Any] | None]:
     """The generator request of a planned sample (its source image, region, prompt, seed)."""
     image = item.source.image
     region, region_info = (None, None)
-    if inputs.regions is not None:
-        region, region_info = inputs.regions.sample_shape(rng_for(item.seed, 1), image.shape[:2],
+    source = inputs.regions.get(item.defect)
+    if source is not None:
+        region, region_info = source.sample_shape(rng_for(item.seed, 1), image.shape[:2],
                                                           item.source.path.stem, item.defect)
     request = Request(image=image, region=region, seed=item.seed, prompt=item.prompt,
                       negative_prompt=item.negative_prompt, donors=inputs.negatives,

@@ -24,7 +24,7 @@ in the spec are relative to the spec file's folder.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,16 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass
 class DefectSpec:
-    """One defect type: its name (used in file names), text prompts, and how many to make."""
+    """One defect type: its name (used in file names), text prompts, how many to make, and
+    optionally its own regions (a crack along an edge, a blowhole anywhere): their fields
+    override the spec's top-level ``regions`` for this defect type."""
 
     name: str
     prompt: str = ""
     negative_prompt: str = ""
     count: int = 10
+    # None (left out of spec.yaml) unless given: folders made before this field still resume
+    regions: RegionSpec | None = field(default=None, metadata={"omit_none": True})
 
     def validate(self, source: str, prefix: str) -> None:
         if not NAME_RE.match(self.name):
@@ -120,12 +124,14 @@ def parse_spec(data: dict[str, Any], source: str = "spec", notes: bool = True) -
         raise DiagError(f"{source}: missing the dataset section (dataset: {{layout: ..., "
                         "root: ...}})")
     dataset = from_dict(DatasetRef, data["dataset"], source, "dataset.")
+    if isinstance(data["dataset"], dict) and "split" not in data["dataset"]:
+        dataset.split = default_split(dataset)
     defects_raw = data.get("defects")
     if not isinstance(defects_raw, list) or not defects_raw:
         raise DiagError(f"{source}: defects must be a non-empty list of {{name, prompt, count}} "
                         "entries")
-    defects = [from_dict(DefectSpec, d, source, f"defects[{i}].") for i, d in
-               enumerate(defects_raw)]
+    defects = [from_dict(DefectSpec, _merge_regions(d, data.get("regions")), source,
+                         f"defects[{i}].") for i, d in enumerate(defects_raw)]
     names = [d.name for d in defects]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -156,6 +162,34 @@ def parse_spec(data: dict[str, Any], source: str = "spec", notes: bool = True) -
     return Spec(dataset, defects, GeneratorSpec(kind, params), regions, seed, device, source)
 
 
+def _merge_regions(defect: Any, top: Any) -> Any:
+    """A defect entry whose ``regions`` overrides the top-level ``regions`` field by field."""
+    if not isinstance(defect, dict) or not isinstance(defect.get("regions"), dict):
+        return defect
+    base = top if isinstance(top, dict) else {}
+    return {**defect, "regions": {**base, **defect["regions"]}}
+
+
+def default_split(dataset: DatasetRef) -> str:
+    """The split a generate spec reads when it names none: ``all`` for a plain folder (a
+    source of defect-free images, nothing to hold out), ``train`` for layouts that hold
+    training and test data (so generated images never start from a test image).
+
+    >>> default_split(DatasetRef(root="d", layout="folder")), default_split(DatasetRef(root="d",
+    ...     layout="mvtec"))
+    ('all', 'train')
+    """
+    layout = dataset.layout
+    if layout == "auto":
+        from diag.data.layouts import detect_layout
+
+        try:
+            layout = detect_layout(Path(dataset.root))
+        except DiagError:  # a missing root is reported when the dataset is read
+            return "train"
+    return "all" if layout == "folder" else "train"
+
+
 def _own_params(kind: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Split generator parameters into this generator's and those only other generators know,
     so that ``--set generator.kind=memseg`` works on a diffusion spec; typos still fail."""
@@ -184,10 +218,12 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the spec's relative paths relative to ``base`` (the spec file's folder), in place.
 
     Model ids stay as they are unless they name an existing folder or start with ``.``."""
-    for section, key in (("dataset", "root"), ("dataset", "split_file"), ("regions", "path"),
-                         ("generator", "model"),
-                         ("generator", "textures")):
-        node = data.get(section)
+    defects = data.get("defects") if isinstance(data.get("defects"), list) else []
+    nodes = [(data.get(section), key) for section, key in (
+        ("dataset", "root"), ("dataset", "split_file"), ("regions", "path"),
+        ("generator", "model"), ("generator", "textures"))]
+    nodes += [(d.get("regions"), "path") for d in defects if isinstance(d, dict)]
+    for node, key in nodes:
         if not isinstance(node, dict) or not isinstance(node.get(key), str) or not node[key]:
             continue
         value = node[key]

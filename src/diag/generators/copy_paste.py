@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from diag.data.sample import Sample
-from diag.errors import DiagError
+from diag.errors import DiagError, some, warn
 from diag.generators.base import Generator, Request, Result, register, rng_for
 from diag.generators.compositing import (
     bbox,
@@ -119,6 +119,7 @@ class CopyPasteGenerator(Generator):
     def __init__(self, config: CopyPasteConfig, device: str = "cpu") -> None:
         super().__init__(config, device)
         self._cuts: dict[str, np.ndarray] = {}  # sample id -> cut mask (for region matching)
+        self._noted = False  # the note on positives without a mask file is given once
 
     def identity(self) -> dict[str, Any]:
         return {"defects": list(self.config.defects)}
@@ -128,14 +129,21 @@ class CopyPasteGenerator(Generator):
         defect type's class when the dataset has it (``crack`` takes cracks), else all."""
         c = self.config
         pos = [d for d in defects if d.label and (not c.defects or d.defect in c.defects)]
+        unmasked = [d.id for d in pos if d.mask_path is None]
+        if unmasked and not self._noted:  # e.g. anomalib-folder without mask_dir
+            self._noted = True
+            warn(f"copy-paste: skipped {len(unmasked)} defective image(s) without a mask file "
+                 f"({some(unmasked, 3)}): give the dataset masks (e.g. dataset.mask_dir) to "
+                 "cut from them")
+        pos = [d for d in pos if d.mask_path is not None]
         if not c.defects and planned:
             same = [d for d in pos if d.defect == planned]
             pos = same or pos
         if not pos:
             which = f" of classes {', '.join(c.defects)}" if c.defects else ""
-            raise DiagError(f"copy-paste needs real defective images{which} but the dataset has "
-                            "none: use a dataset with positives, fix generator.defects, or use "
-                            "another generator")
+            raise DiagError(f"copy-paste needs real defective images{which} with masks but the "
+                            "dataset has none: use a dataset with positives, fix "
+                            "generator.defects, or use another generator")
         return pos
 
     def _cut_mask(self, sample: Sample) -> tuple[np.ndarray, tuple[int, int, int, int]]:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from diag.data.sample import Sample
-from diag.errors import DiagError, where
+from diag.errors import DiagError, some, warn, where
 from diag.regions.drawn import DrawnRegions, polygons_to_mask, read_region_file
 from diag.regions.real_masks import place_mask
 from diag.regions.shapes import SHAPES, random_shape, sample_shapes
@@ -30,6 +30,7 @@ from diag.regions.shapes import SHAPES, random_shape, sample_shapes
 SOURCES = ("real-masks", "drawn", "shapes")
 MAX_WIDTH = 10_000  # stroke width limit, pixels
 MAX_SHAPES = 1000  # shapes per region: far more already cover any image
+MAX_SCALE = 100.0  # zoom of a placed mask (it is capped to the image anyway)
 
 
 @dataclass
@@ -39,8 +40,12 @@ class RegionSpec:
     Attributes:
         source: ``real-masks`` (GT masks of the dataset's positives put on negatives),
             ``drawn`` (expert region files) or ``shapes`` (random shapes).
-        flip: real-masks: randomly flip masks horizontally/vertically.
-        shift: real-masks: largest random shift, as a fraction of the image size.
+        flip: real-masks, and drawn regions used as-is: randomly flip the mask horizontally
+            and/or vertically (its position mirrors with it).
+        shift: real-masks and drawn as-is: largest random shift, as a fraction of the image
+            size.
+        scale: real-masks and drawn as-is: ``[min, max]`` of a random zoom of the mask
+            (default none); a zoomed mask is kept inside the image.
         defects: real-masks: use only positives of these defect classes (empty = all).
         path: drawn: a mask PNG, polygon JSON, or folder of them named by image stem;
             shapes: an optional area of interest in the same formats.
@@ -51,6 +56,9 @@ class RegionSpec:
         width: Stroke width range in pixels.
         count: Range of how many shapes make one region.
         dilate: Grow every region by this many pixels.
+        labels: drawn: annotation label -> defect type name, for annotation files with labels
+            (``{scratch: crack}``); labels not listed map to themselves. A defect type gets
+            the shapes whose label maps to it; files without labels give all shapes.
     """
 
     source: str = "real-masks"
@@ -64,6 +72,9 @@ class RegionSpec:
     width: tuple[int, int] = (1, 4)
     count: tuple[int, int] = (1, 1)
     dilate: int = 0
+    # None (left out of spec.yaml) unless given: folders made before this field still resume
+    labels: dict[str, str] | None = field(default=None, metadata={"omit_none": True})
+    scale: tuple[float, float] | None = field(default=None, metadata={"omit_none": True})
 
     def validate(self, source: str, prefix: str) -> None:
         if self.source not in SOURCES:
@@ -87,6 +98,16 @@ class RegionSpec:
             raise DiagError(f"{source}: {prefix}shift must be within [0, 1]")
         if self.dilate < 0:
             raise DiagError(f"{source}: {prefix}dilate must be >= 0")
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= MAX_SCALE:
+            raise DiagError(f"{source}: {prefix}scale must be [min, max] with 0 < min <= max <= "
+                            f"{MAX_SCALE} (1: the mask's own size)")
+        for key, value in (self.labels or {}).items():
+            if not all(isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip()
+                       for v in (key, value)):
+                raise DiagError(f"{source}: {prefix}labels maps {key!r} to {value!r}: write it as "
+                                "annotation label: defect name, e.g. {scratch: crack}")
+        if self.labels is not None:
+            self.labels = {str(k): str(v) for k, v in self.labels.items()}
         if self.source == "drawn" and not self.path:
             raise DiagError(f"{source}: {prefix}path is required when source is 'drawn' (a mask "
                             "PNG, a polygon JSON, or a folder of them)")
@@ -98,10 +119,16 @@ class RegionSource:
     def __init__(self, spec: RegionSpec, positives: Sequence[Sample] = ()) -> None:
         self.spec = spec
         self.positives = list(positives)
-        self.drawn = DrawnRegions(spec.path) if spec.path else None
+        self.drawn = DrawnRegions(spec.path, spec.labels) if spec.path else None
         if spec.source == "real-masks":
             pos = [p for p in self.positives if p.label
                    and (not spec.defects or p.defect in spec.defects)]
+            unmasked = [p.id for p in pos if p.mask_path is None]
+            if unmasked:  # e.g. anomalib-folder without mask_dir: nothing to take
+                warn(f"regions.source real-masks: skipped {len(unmasked)} defective image(s) "
+                     f"without a mask file ({some(unmasked, 3)}): give the dataset masks (e.g. "
+                     "dataset.mask_dir) to use them")
+                pos = [p for p in pos if p.mask_path is not None]
             if not pos:
                 which = f" of classes {', '.join(spec.defects)}" if spec.defects else ""
                 raise DiagError(f"regions.source is real-masks but the dataset has no defective "
@@ -112,11 +139,16 @@ class RegionSource:
         for p in self.positives:
             self.by_class.setdefault(p.defect, []).append(p)
 
-    def covers(self, negative: Sample) -> bool:
-        """Whether this source can give a region for ``negative`` (drawn folders may not)."""
+    @property
+    def zoom(self) -> tuple[float, float]:
+        return self.spec.scale if self.spec.scale is not None else (1.0, 1.0)
+
+    def covers(self, negative: Sample, defect: str = "") -> bool:
+        """Whether this source can give a region for ``negative`` (drawn folders may not; an
+        annotation file with labels gives ``defect`` only the images with shapes for it)."""
         if self.drawn is None or self.spec.source == "real-masks":
             return True
-        return self.drawn.covers(negative.path.stem)
+        return self.drawn.covers(negative.path.stem, defect)
 
     def sample(self, rng: np.random.Generator, negative: Sample, defect: str = ""
                ) -> tuple[np.ndarray, dict]:
@@ -132,19 +164,22 @@ class RegionSource:
         if s.source == "real-masks":
             pool = self.by_class.get(defect) or self.positives
             donor = pool[int(rng.integers(0, len(pool)))]
-            mask, placed = place_mask(donor.mask, shape, rng, s.flip, s.shift)
+            mask, placed = place_mask(donor.mask, shape, rng, s.flip, s.shift, self.zoom)
             info.update(mask_from=donor.id, mask_file=str(donor.mask_path), **placed)
         elif s.source == "drawn" and s.mode == "as-is":
             assert self.drawn is not None
-            mask, path = self.drawn.region(stem, shape)
+            mask, path = self.drawn.region(stem, shape, defect or None)
             if not mask.any():
                 raise DiagError(f"drawn region {where(path)} is empty: paint some white pixels "
                                 "(empty region set)")
+            if s.flip or s.shift or s.scale is not None:  # varied like a real mask
+                mask, placed = place_mask(mask, shape, rng, s.flip, s.shift, self.zoom)
+                info.update(placed)
             info["region_file"] = str(path)
         else:
             area = None
             if self.drawn is not None:
-                area, path = self.drawn.region(stem, shape)
+                area, path = self.drawn.region(stem, shape, defect or None)
                 info["area_file"] = str(path)
                 if not area.any():
                     raise DiagError(f"area of interest {where(path)} is empty: paint some white "

@@ -1,4 +1,4 @@
-"""Expert-drawn regions: PNG masks or polygon files (diag JSON or labelme JSON).
+"""Expert-drawn regions: masks, polygon files, or the exports of annotation tools.
 
 A region file can be:
 
@@ -6,13 +6,21 @@ A region file can be:
 * a JSON file of polygons, either diag's own format
   ``{"polygons": [[[x, y], ...], ...], "normalized": false}`` (``normalized: true`` means
   coordinates are fractions of width/height, so one file fits images of any size), or a labelme
-  annotation (``{"shapes": [{"shape_type": "polygon", "points": [...]}, ...]}``; polygons,
-  rectangles, circles, lines and points are drawn).
+  annotation (``{"shapes": [{"label": ..., "shape_type": "polygon", "points": [...]}, ...]}``;
+  polygons, rectangles, circles, lines, points and masks are drawn);
+* an annotation file covering many images, named by them: COCO instances JSON, CVAT for
+  images 1.1 XML, or a Label Studio JSON export (:mod:`diag.regions.formats`).
 
-A region path can be one file (used for every image, resized to each image when its size
-differs, thin strokes kept: :func:`diag.imageio.resize_mask`) or a folder holding files named
-after the images' stems (``<stem>.png`` or ``<stem>.json``; ``default.png``/``default.json``
-for images without their own).
+A region path can be one file (a mask or polygon file is used for every image; an annotation
+file for the images it names), resized to each image when its size differs (thin strokes kept:
+:func:`diag.imageio.resize_mask`), or a folder holding files named after the images' stems
+(``<stem>.png`` or ``<stem>.json``; ``default.png``/``default.json`` for images without their
+own).
+
+Shapes carry the annotation tool's labels. Asked for a defect type, :class:`DrawnRegions`
+gives the shapes whose label maps to it (``labels``: annotation label -> defect name; labels
+not listed map to themselves); a file without labels (a mask, diag's polygons) gives all its
+shapes to every defect type.
 
 >>> import numpy as np
 >>> polygons_to_mask({"polygons": [[[0, 0], [0.5, 0], [0.5, 0.5]]], "normalized": True}, (10, 10)).sum() > 0
@@ -21,117 +29,69 @@ np.True_
 
 from __future__ import annotations
 
-import json
-import math
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from diag.errors import DiagError, where
+from diag.errors import DiagError, some, where
 from diag.imageio import IMAGE_SUFFIXES, read_mask, resize_mask
-
-
-def _number(value: Any, source: str, what: str) -> float:
-    """A finite number from JSON (numbers or numeric text), else a one-line error."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise DiagError(f"{source}: {what} is {json.dumps(value)[:40]}, not a finite number: "
-                        "fix the file")
-    return number
-
-
-def _points(raw: Any, sx: float, sy: float, source: str, what: str
-            ) -> list[tuple[float, float]]:
-    """``[[x, y], ...]`` from JSON as scaled pixel coordinates, else a one-line error."""
-    if not isinstance(raw, list):
-        raise DiagError(f"{source}: {what} must be a list of [x, y] points, got "
-                        f"{json.dumps(raw)[:40]}")
-    pts = []
-    for p in raw:
-        if not isinstance(p, list) or len(p) != 2:
-            raise DiagError(f"{source}: {what} has the point {json.dumps(p)[:40]}: write every "
-                            "point as [x, y]")
-        x, y = (_number(v, source, f"a coordinate of {what} (write points as [x, y])")
-                for v in p)
-        # rounded: normalised coordinates (x / width) * width land back on x exactly
-        pts.append((round(x * sx, 6), round(y * sy, 6)))
-    return pts
+from diag.regions.formats import FORMATS, Annotations, ImageShapes, read_annotations
+from diag.regions.formats.diag_json import is_diag, read_diag
+from diag.regions.formats.labelme import is_labelme, read_labelme
 
 
 def polygons_to_mask(data: dict[str, Any], shape: tuple[int, int], source: str = "polygons"
                      ) -> np.ndarray:
-    """Rasterise diag or labelme polygon JSON to a boolean mask of ``shape``."""
-    h, w = shape
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
-    if "polygons" in data:
-        sx, sy = (w, h) if data.get("normalized") else (1.0, 1.0)
-        if not isinstance(data["polygons"], list):
-            raise DiagError(f"{source}: 'polygons' must be a list of polygons ([[x, y], ...])")
-        for i, poly in enumerate(data["polygons"]):
-            pts = _points(poly, sx, sy, source, f"polygon {i}")
-            if len(pts) < 3:
-                raise DiagError(f"{source}: a polygon needs at least 3 points, got {len(pts)}")
-            draw.polygon(pts, fill=255, outline=255)
-    elif "shapes" in data:  # labelme
-        iw = _number(data.get("imageWidth") or w, source, "imageWidth")
-        ih = _number(data.get("imageHeight") or h, source, "imageHeight")
-        if iw <= 0 or ih <= 0:
-            raise DiagError(f"{source}: imageWidth and imageHeight must be positive: fix the file")
-        sx, sy = w / iw, h / ih
-        if not isinstance(data["shapes"], list) or not all(isinstance(s, dict)
-                                                           for s in data["shapes"]):
-            raise DiagError(f"{source}: labelme 'shapes' must be a list of shape objects "
-                            '({"shape_type": ..., "points": [[x, y], ...]})')
-        for i, s in enumerate(data["shapes"]):
-            pts = _points(s.get("points", []), sx, sy, source, f"shapes[{i}].points")
-            kind = s.get("shape_type", "polygon")
-            if kind == "polygon" and len(pts) >= 3:
-                draw.polygon(pts, fill=255, outline=255)
-            elif kind == "rectangle" and len(pts) == 2:
-                (x0, y0), (x1, y1) = pts
-                draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=255)
-            elif kind == "circle" and len(pts) == 2:
-                (cx, cy), (px, py) = pts
-                r = math.hypot(px - cx, py - cy)
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-            elif kind in ("line", "linestrip") and len(pts) >= 2:
-                width = _number(s.get("width", 3), source, f"shapes[{i}].width")
-                draw.line(pts, fill=255, width=int(min(max(1, width), 2 * (h + w))))
-            elif kind == "point" and pts:
-                draw.point(pts, fill=255)
-    else:
-        raise DiagError(f"{source}: region JSON needs a 'polygons' list (diag format) or a "
-                        "'shapes' list (labelme format)")
-    return np.asarray(img) > 0
+    """Rasterise diag or labelme polygon JSON to a boolean mask of ``shape`` (all shapes)."""
+    if is_diag(data):
+        return read_diag(data, source).mask(shape)
+    if is_labelme(data):
+        return read_labelme(data, source).mask(shape)
+    raise DiagError(f"{source}: region JSON needs a 'polygons' list (diag format) or a "
+                    "'shapes' list (labelme format)")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def read_region_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A region file (mask image or polygon JSON) as a boolean mask of ``shape``."""
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DiagError(f"region file {where(path)} is not valid JSON ({exc}): fix it") from None
-        if not isinstance(data, dict):
-            raise DiagError(f"region file {where(path)} must hold a JSON object with 'polygons'")
-        return polygons_to_mask(data, shape, f"region file {where(path)}")
-    return resize_mask(read_mask(path), shape)
+    """A one-image region file (mask image, diag or labelme JSON) as a boolean mask of
+    ``shape``: all its shapes."""
+    if _is_image(path):
+        return resize_mask(read_mask(path), shape)
+    return _one_image(read_annotations(path)).mask(shape)
+
+
+def _one_image(ann: Annotations) -> ImageShapes:
+    if ann.multi:
+        raise DiagError(f"region file {where(ann.path)} is a {FORMATS[ann.format]} file naming "
+                        "its images: give it as regions.path itself, not inside a folder of "
+                        "per-image region files")
+    return next(iter(ann.images.values()))
 
 
 class DrawnRegions:
-    """Finds the drawn region for an image stem in a file or folder of region files."""
+    """Finds the drawn region for an image stem in a file or folder of region files.
 
-    def __init__(self, path: str | Path) -> None:
+    Args:
+        path: A region file (mask, polygon JSON, or a COCO / CVAT / Label Studio file naming
+            its images) or a folder of one-image region files named by image stem.
+        labels: Annotation label -> defect type name (labels not listed map to themselves).
+    """
+
+    def __init__(self, path: str | Path, labels: Mapping[str, str] | None = None) -> None:
         self.path = Path(path).expanduser()
+        self.labels = dict(labels or {})
+        self.annotations: Annotations | None = None
+        self._parsed: dict[Path, Annotations] = {}
         if not self.path.exists():
             raise DiagError(f"region path {where(self.path)} does not exist: set regions.path to a "
-                            "mask PNG, a polygon JSON, or a folder of them named by image stem")
+                            "mask PNG, a polygon JSON, a COCO / CVAT / Label Studio annotation "
+                            "file, or a folder of masks named by image stem")
         suffixes = (*IMAGE_SUFFIXES, ".json")
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir()
@@ -140,21 +100,101 @@ class DrawnRegions:
                 raise DiagError(f"region folder {where(self.path)} holds no masks or polygon "
                                 "JSON files: draw some regions first (empty region set)")
             self.by_stem = {p.stem: p for p in files}
-        else:
-            if self.path.suffix.lower() not in suffixes:
-                raise DiagError(f"region file {where(self.path)} is neither an image mask nor a "
-                                "JSON polygon file")
-            self.by_stem = {"default": self.path}
+            return
+        self.by_stem = {"default": self.path}
+        if not _is_image(self.path):
+            ann = read_annotations(self.path)
+            if ann.multi:
+                self.annotations, self.by_stem = ann, {}
+            else:
+                self._parsed[self.path] = ann
 
     def file_for(self, stem: str) -> Path | None:
+        """The one-image region file for ``stem`` (None for annotation files naming images)."""
         return self.by_stem.get(stem) or self.by_stem.get("default")
 
-    def covers(self, stem: str) -> bool:
-        return self.file_for(stem) is not None
+    def _shapes(self, path: Path) -> tuple[ImageShapes, bool] | None:
+        """A one-image JSON region file's shapes and whether it has labels (None: a mask)."""
+        if _is_image(path):
+            return None
+        if path not in self._parsed:
+            self._parsed[path] = read_annotations(path)
+        ann = self._parsed[path]
+        if ann.format == "mask":
+            return None
+        return _one_image(ann), ann.labelled
 
-    def region(self, stem: str, shape: tuple[int, int]) -> tuple[np.ndarray, Path]:
+    def _lookup(self, stem: str) -> tuple[ImageShapes, bool, Path] | None:
+        if self.annotations is not None:
+            found = self.annotations.find(stem)
+            return None if found is None else (found, self.annotations.labelled, self.path)
         path = self.file_for(stem)
         if path is None:
-            raise DiagError(f"no drawn region for image '{stem}' in {where(self.path)}: add "
-                            f"{stem}.png or default.png")
-        return read_region_file(path, shape), path
+            return None
+        shapes = self._shapes(path)
+        return None if shapes is None else (*shapes, path)
+
+    def covers(self, stem: str, defect: str = "") -> bool:
+        """Whether there is a region for image ``stem`` (for ``defect``: a shape labelled
+        for it, when the file has labels). Annotation files cover the images they list with
+        shapes."""
+        if self.annotations is None and self.file_for(stem) is None:
+            return False
+        found = self._lookup(stem)
+        if found is None:  # a mask, or an image the annotation file does not list
+            return self.annotations is None
+        image, labelled, _ = found
+        if self.annotations is None and not (defect and labelled):
+            return True  # as before labels: an empty region file is an error when it is used
+        return bool(image.select(defect, self.labels, labelled))
+
+    def region(self, stem: str, shape: tuple[int, int], label: str | None = None
+               ) -> tuple[np.ndarray, Path]:
+        """The region of image ``stem`` as a mask of ``shape``, and the file it came from:
+        the union of the shapes whose label maps to the defect type ``label`` (all shapes
+        with no ``label``, or when the file has no labels)."""
+        if self.annotations is not None:
+            found = self._lookup(stem)
+            if found is None:
+                raise DiagError(f"no drawn region for image '{stem}' in {where(self.path)}: the "
+                                "file does not list that image; annotate it there")
+        else:
+            path = self.file_for(stem)
+            if path is None:
+                raise DiagError(f"no drawn region for image '{stem}' in {where(self.path)}: add "
+                                f"{stem}.png or default.png")
+            found = self._lookup(stem)
+            if found is None:
+                return read_region_file(path, shape), path
+        image, labelled, path = found
+        shapes = image.select(label, self.labels, labelled)
+        if not shapes and label and labelled:
+            raise DiagError(f"image '{stem}' in {where(path)} has no shape labelled for "
+                            f"'{label}'{self.hint(label, image)}")
+        return image.mask(shape, shapes), path
+
+    def hint(self, defect: str, image: ImageShapes | None = None) -> str:
+        """`` (labels there: ...; map one with regions.labels: {...})`` when no label maps to
+        ``defect``, else ""."""
+        found: Counter[str] = Counter()
+        if image is not None:
+            found = image.labels()
+        elif self.annotations is not None:
+            found = self.annotations.labels()
+        else:
+            for path in dict.fromkeys(self.by_stem.values()):
+                shapes = self._shapes(path)
+                if shapes is not None:
+                    found.update(shapes[0].labels())
+        mapped = {self.labels.get(k, k) for k in found}
+        if not found or defect in mapped:
+            if self.annotations is None or image is not None:
+                return ""
+            stems = sorted(self.annotations.images)
+            return (f" ({where(self.path)} names the images {some(stems, 3)}: check that they are "
+                    "this dataset's images, named by file stem)")
+        names = sorted(found)
+        shown = [f"{k} (-> {self.labels[k]})" if k in self.labels else k for k in names]
+        return (f" (labels there: {some(shown)}; map one to the defect type with regions.labels:"
+                f" {{{names[0]}: {defect}}})")
+

@@ -23,15 +23,18 @@ from diag.imageio import resize_mask
 
 
 def place_mask(mask: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
-               flip: bool = False, shift: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
-    """Place a real mask onto an image of ``shape``.
+               flip: bool = False, shift: float = 0.0, scale: tuple[float, float] = (1.0, 1.0)
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Place a mask (a real defect's, or a drawn region) onto an image of ``shape``.
 
     Args:
         mask: Boolean source mask (must have a pixel).
         shape: ``(H, W)`` of the target image.
-        rng: Randomness for flips and shifts.
+        rng: Randomness for flips, scale and shifts.
         flip: Randomly flip horizontally and/or vertically.
         shift: Largest random shift as a fraction of the target's height/width.
+        scale: ``[min, max]`` of a random zoom of the mask's box (``[1, 1]``: none; thin
+            parts stay at least a pixel wide when it shrinks, :func:`resize_mask`).
 
     Returns:
         The placed mask and a record of what was done (flip, offset, scale).
@@ -48,10 +51,11 @@ def place_mask(mask: np.ndarray, shape: tuple[int, int], rng: np.random.Generato
         if rng.random() < 0.5:
             crop, rel_cy, flips = crop[::-1, :], 1 - rel_cy, flips + "v"
     h, w = shape
-    scale = min(1.0, h / crop.shape[0], w / crop.shape[1])
-    if scale < 1.0:
-        crop = resize_mask(crop, (max(1, int(crop.shape[0] * scale)),
-                                  max(1, int(crop.shape[1] * scale))))
+    zoom = 1.0 if scale[0] == scale[1] == 1.0 else float(rng.uniform(scale[0], scale[1]))
+    fit = min(zoom, h / crop.shape[0], w / crop.shape[1])
+    if fit != 1.0:
+        crop = resize_mask(crop, (max(1, min(h, int(crop.shape[0] * fit))),
+                                  max(1, min(w, int(crop.shape[1] * fit)))))
     ch, cw = crop.shape
     cy = rel_cy * h + (rng.uniform(-shift, shift) * h if shift else 0.0)
     cx = rel_cx * w + (rng.uniform(-shift, shift) * w if shift else 0.0)
@@ -59,4 +63,4 @@ def place_mask(mask: np.ndarray, shape: tuple[int, int], rng: np.random.Generato
     left = int(np.clip(round(cx - cw / 2), 0, w - cw))
     out = np.zeros(shape, dtype=bool)
     out[top:top + ch, left:left + cw] = crop
-    return out, {"flip": flips, "offset": [top, left], "scale": round(scale, 4)}
+    return out, {"flip": flips, "offset": [top, left], "scale": round(fit, 4)}
