@@ -793,3 +793,46 @@ def test_folder_of_labelme_files_by_stem(tmp_path: Path) -> None:
     with pytest.raises(DiagError) as exc:
         DrawnRegions(folder).region("instances_default", (H, W))
     one_line_error(exc, "instances_default.json", "COCO", "regions.path itself")
+
+
+def test_generate_with_regions_from_cvat_and_labelme(tmp_path: Path, example_root: Path) -> None:
+    """The other two imports drive a real generate: a CVAT for images 1.1 XML, and a folder of
+    labelme files named after the images."""
+    negs = _negatives(example_root)[:3]
+    tri = [(0.1, 0.2), (0.8, 0.3), (0.5, 0.9)]
+    quad = [(0.3, 0.3), (0.6, 0.3), (0.6, 0.5), (0.3, 0.5)]
+    images, expected = [], {}
+    labelme = tmp_path / "labelme"
+    labelme.mkdir()
+    for i, p in enumerate(negs):
+        w, h = Image.open(p).size
+        scratch = [(round(x * w, 2), round(y * h, 2)) for x, y in tri]
+        pit = [(round(x * w, 2), round(y * h, 2)) for x, y in quad]
+        expected[(p.stem, "crack")] = pil_polygon((h, w), scratch)
+        shapes = [f'<polygon label="scratch" source="manual" occluded="0" points="'
+                  f'{";".join(f"{x:.2f},{y:.2f}" for x, y in scratch)}" z_order="0"></polygon>']
+        lm = [{"label": "scratch", "points": [list(xy) for xy in scratch], "group_id": None,
+               "description": "", "shape_type": "polygon", "flags": {}, "mask": None}]
+        if i == 1:
+            expected[(p.stem, "blowhole")] = pil_polygon((h, w), pit)
+            shapes.append(f'<polygon label="pit" source="manual" occluded="0" points="'
+                          f'{";".join(f"{x:.2f},{y:.2f}" for x, y in pit)}" z_order="0">'
+                          '</polygon>')
+            lm.append({**lm[0], "label": "pit", "points": [list(xy) for xy in pit]})
+        images.append(f'<image id="{i}" name="scans/{p.name}" width="{w}" height="{h}">'
+                      + "".join(shapes) + "</image>")
+        (labelme / f"{p.stem}.json").write_text(json.dumps({
+            "version": "5.4.1", "flags": {}, "shapes": lm, "imagePath": f"../{p.name}",
+            "imageData": None, "imageHeight": h, "imageWidth": w}))
+    xml = tmp_path / "annotations.xml"
+    xml.write_text('<?xml version="1.0" encoding="utf-8"?>\n<annotations><version>1.1</version>'
+                   "<meta><task><id>7</id><name>tiles</name><size>3</size><labels>"
+                   "<label><name>scratch</name><type>polygon</type></label>"
+                   "<label><name>pit</name><type>polygon</type></label></labels></task></meta>"
+                   + "".join(images) + "</annotations>")
+    for name, path in (("cvat", xml), ("labelme", labelme)):
+        regions = {"source": "drawn", "path": str(path), "labels": {"scratch": "crack",
+                                                                    "pit": "blowhole"}}
+        spec = load_spec(_spec(tmp_path, example_root, regions, (3, 2), f"{name}.yaml"))
+        run_spec(spec, tmp_path / name)
+        _check_inside(tmp_path / name, expected, 5)
