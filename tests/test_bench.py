@@ -185,3 +185,24 @@ def test_bad_grids_are_one_line(tmp_path: Path, example_root: Path, cli) -> None
         code, _, err = cli("bench", path, "--out", tmp_path / f"o{i}")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and needle in lines[0], (change, err)
+
+
+def test_layout_options_beside_root_or_under_options() -> None:
+    """A grid names its dataset as a spec does: anomalib's Folder options beside root."""
+    from diag.bench.grid import parse_grid
+    from diag.errors import DiagError
+
+    base = {"methods": {"real-only": "real-only"}, "profile": "quick"}
+    beside = parse_grid({**base, "dataset": {"root": "d", "layout": "anomalib-folder",
+                                             "normal_dir": "good", "abnormal_dir": ["bad"],
+                                             "mask_dir": ["gt"]}})
+    under = parse_grid({**base, "dataset": {"root": "d", "layout": "anomalib-folder",
+                                            "options": {"normal_dir": "good",
+                                                        "abnormal_dir": ["bad"],
+                                                        "mask_dir": ["gt"]}}})
+    assert beside.dataset == under.dataset
+    assert beside.dataset.options["normal_dir"] == "good"
+    with pytest.raises(DiagError, match=r"dataset\.options\.normal_dri"):
+        parse_grid({**base, "dataset": {"root": "d", "options": {"normal_dri": "good"}}})
+    with pytest.raises(DiagError, match="normal_dir"):  # the layout's own check
+        parse_grid({**base, "dataset": {"root": "d", "layout": "anomalib-folder"}})

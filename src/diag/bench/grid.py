@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.config import apply_overrides, from_dict, load_yaml
+from diag.data.ref import DatasetRef
 from diag.errors import DiagError, where
 
 SETTINGS = ("zero-shot", "full-shot")
@@ -80,7 +81,9 @@ class GridDataset:
             held out as test, by a seeded split stratified by defect class, made once and
             saved as ``OUT/split.json``.
         split_seed: Seed of that split.
-        options: Layout options (``images``, ``masks``, ``mask_suffix`` of the folder layout).
+        options: Layout options (``images``, ``masks``, ``mask_suffix`` of the folder layout;
+            ``normal_dir``, ``abnormal_dir``, ``mask_dir``, ``normal_test_dir``, ``extensions``
+            of anomalib-folder). They may also be written beside ``root``, as in a spec.
     """
 
     root: str
@@ -93,6 +96,31 @@ class GridDataset:
         if not 0 < self.test_fraction < 1:
             raise DiagError(f"{source}: {prefix}test_fraction must be in (0, 1), got "
                             f"{self.test_fraction}")
+        unknown = [k for k in self.options if k not in layout_options()]
+        if unknown:
+            raise DiagError(f"{source}: unknown field '{prefix}options.{unknown[0]}'; layout "
+                            f"options: {', '.join(layout_options())}")
+        ref = {"root": self.root, "layout": self.layout, **self.options}
+        from_dict(DatasetRef, ref, source, prefix)  # the layout's own checks
+
+
+def layout_options() -> list[str]:
+    """The dataset fields that are layout options (not root, layout, split or its seed)."""
+    own = {"root", "layout", "split", "test_fraction", "split_seed", "split_file"}
+    return [f for f in DatasetRef.__dataclass_fields__ if f not in own]
+
+
+def _options_beside_root(dataset: Any) -> Any:
+    """``dataset: {root: d, layout: anomalib-folder, normal_dir: good}``: the layout options
+    written beside ``root`` go into ``options``."""
+    if not isinstance(dataset, dict):
+        return dataset
+    beside = [k for k in dataset if k in layout_options()]
+    if not beside:
+        return dataset
+    options = dict(dataset.get("options") or {})
+    options.update({k: dataset[k] for k in beside})
+    return {**{k: v for k, v in dataset.items() if k not in beside}, "options": options}
 
 
 @dataclass
@@ -206,6 +234,8 @@ def parse_grid(data: dict[str, Any], source: str = "grid", base: Path | None = N
         data = {**defaults, **data}
         if isinstance(data.get("train"), dict):
             data["train"] = _merge(defaults["train"], data["train"])
+    if "dataset" in data:
+        data["dataset"] = _options_beside_root(data["dataset"])
     grid = from_dict(Grid, {**data, "source": source, "base": str(base or Path("."))}, source)
     return grid
 
