@@ -32,7 +32,7 @@ def one(backbone: str, height: int, width: int, batch: int, steps: int, device: 
 
     torch.manual_seed(0)
     model, _ = build_model(backbone, "none")
-    fmt = getattr(torch, memory_format)
+    fmt = getattr(torch, "contiguous_format" if memory_format == "contiguous" else memory_format)
     model.to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()

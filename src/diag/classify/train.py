@@ -123,9 +123,9 @@ def deterministic(enabled: bool):  # noqa: ANN201
         torch.backends.cudnn.benchmark = cudnn
 
 
-# NHWC tensors: the convolutions run 1.3-1.7x faster on CPU (EfficientNet-Lite0, 2 cores; see
-# BENCHMARKS.md) and use the tensor cores' layout on GPU. Training and scoring use the same
-# layout, so diag evaluate reproduces the run's scores exactly.
+# NHWC tensors: a training step runs 1.2-1.3x faster on CPU (EfficientNet-Lite0, ResNet-18/50,
+# 2 cores; BENCHMARKS.md) and uses the tensor cores' layout on GPU. Training and scoring use
+# the same layout, so diag evaluate reproduces the run's scores exactly.
 CHANNELS_LAST = torch.channels_last
 
 
