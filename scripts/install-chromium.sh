@@ -6,8 +6,9 @@ if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing chromium (Debian package) for the browser tests"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-     chromium-driver >/dev/null) \
+  # bounded: a mirror that does not answer must not hold up the tests
+  (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 \
+     apt-get install -y -qq chromium chromium-driver >/dev/null) \
     || echo "could not install chromium: the browser tests will skip"
 else
   echo "chromium not found (install it with: sudo apt-get install -y chromium chromium-driver);" \
