@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from diag.bench import load_grid, run_bench
 from diag.bench.report import GALLERY_MAX, best_cell, write_reports
 from diag.bench.tables import read_results
+from tests.test_bench import grid_file
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -37,24 +37,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory, example_root: Path) -> Path:
     """A tiny finished bench: real-only, memseg and cutpaste; zero- and full-shot; Naug 2 and
     4; seeds 0 and 1 (18 cells on the bundled example, about half a minute on CPU)."""
     tmp = tmp_path_factory.mktemp("bench-report")
-    grid = {
-        "dataset": {"root": str(example_root), "layout": "magnetic-tile",
-                    "test_fraction": 0.4},
-        "generate": {"regions": {"source": "real-masks", "flip": True},
-                     "defects": [{"name": "crack", "prompt": "a crack"},
-                                 {"name": "blowhole", "prompt": "a pit"}]},
-        "methods": {"real-only": "real-only", "memseg": {"generator": {"kind": "memseg"}},
-                    "cutpaste": {"generator": {"kind": "cutpaste"}}},
-        "settings": ["zero-shot", "full-shot"],
-        "naug": [2, 4],
-        "seeds": [0, 1],
-        "train": {"model": {"backbone": "resnet18", "pretrained": "none"},
-                  "train": {"epochs": 1, "batch_size": 8, "input_size": [64, 32],
-                            "threads": 1}},
-        "fidelity": {"dims": [64]},
-    }
-    path = tmp / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
+    path = grid_file(tmp, example_root, methods={
+        "real-only": "real-only", "memseg": {"generator": {"kind": "memseg"}},
+        "cutpaste": {"generator": {"kind": "cutpaste"}}})
     run_bench(load_grid(path), tmp / "out", device="cpu", progress=False, log=lambda m: None)
     return tmp / "out"
 

@@ -64,6 +64,7 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file (mkstemp gives 0600)
+DIR_MODE = 0o777 & ~_umask()  # what mkdir() gives a new folder (mkdtemp gives 0700)
 
 _FIXES = {
     errno.ENOSPC: "free some disk space, then {rerun}",

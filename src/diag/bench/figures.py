@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from diag.bench.grid import REAL_ONLY
 from diag.bench.tables import Table
 
-REAL_ONLY = "real-only"
 CHANCE_COLOUR = "#b7791f"
 REAL_COLOUR = "#4a5163"
 DPI = 144          # pixels per inch of the PNG (sharp on high-density screens)

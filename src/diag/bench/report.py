@@ -24,10 +24,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diag.bench.tables import Stat, Table, aggregate, fidelity_table, markdown, read_results
+from diag.bench.grid import REAL_ONLY
+from diag.bench.tables import (
+    Stat,
+    Table,
+    aggregate,
+    fidelity_table,
+    markdown,
+    number,
+    read_results,
+    read_test_scores,
+)
 from diag.files import write_text
 
-REAL_ONLY = "real-only"
 GALLERY_MAX = 12      # thumbnails per gallery
 SHEET_SAMPLES = 6     # generated samples per method in the contact sheets
 SHEET_TILE = 112      # their tile side (pixels)
@@ -101,13 +110,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _pm(mean: float, std: float, n: int, digits: int = 3) -> str:
     """``0.712 ± 0.031``; ``0.712 ± n/a`` with one run; ``n/a`` without a value."""
     if not math.isfinite(mean):
@@ -134,7 +136,7 @@ def _note(text: str) -> str:
 
 
 def _seed_key(row: dict[str, str]) -> tuple[float, float]:
-    t, g = _num(row.get("train_seed")), _num(row.get("gen_seed"))
+    t, g = number(row.get("train_seed")), number(row.get("gen_seed"))
     return (t if math.isfinite(t) else 1e18, g if math.isfinite(g) else -1.0)
 
 
@@ -148,8 +150,7 @@ def _read_text(path: Path, limit: int = 200_000) -> str | None:
 def _test_rows(run: Path) -> list[dict[str, str]] | None:
     """The test rows of a cell's scores.csv, or None when it cannot be read."""
     try:
-        with open(run / "scores.csv", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("split") == "test"]
+        rows = read_test_scores(run)
     except (OSError, ValueError, csv.Error):
         return None
     return rows or None
@@ -224,7 +225,7 @@ def _intro(ctx: _Ctx) -> str:
         facts.append(("Split", f"the official train / test split of {_e(layout)}"))
     test = next((r for r in rows if r.get("test_images")), None)
     if test:
-        n, p = _num(test["test_images"]), _num(test.get("test_positives"))
+        n, p = number(test["test_images"]), number(test.get("test_positives"))
         facts.append(("Test set", f"{n:.0f} images, {p:.0f} defective: chance AP (the positive "
                                   f"rate) <b>{p / max(n, 1):.3f}</b>"))
     facts.append(("Classifier", _classifier(ctx)))
@@ -267,7 +268,7 @@ def _intro(ctx: _Ctx) -> str:
 
 
 def _seconds(rows: list[dict[str, str]]) -> str:
-    total = sum(x for x in (_num(r.get("seconds")) for r in rows) if math.isfinite(x))
+    total = sum(x for x in (number(r.get("seconds")) for r in rows) if math.isfinite(x))
     if not total:
         return ""
     return f"; training and testing took {total / 60:.1f} min in all"
@@ -454,7 +455,7 @@ def _pr_section(ctx: _Ctx) -> str:
                     continue
                 cands = sorted((r for r in ctx.rows if r["protocol"] == p
                                 and r["setting"] == t.setting and r["method"] == m
-                                and int(_num(r["naug"]) or 0) == naug), key=_seed_key)
+                                and int(number(r["naug"]) or 0) == naug), key=_seed_key)
                 scores = _test_rows(ctx.out / "cells" / cands[0]["cell"]) if cands else None
                 if not cands or scores is None:
                     missing.append(f"{m} ({t.setting})")
@@ -462,7 +463,7 @@ def _pr_section(ctx: _Ctx) -> str:
                 r = cands[0]
                 where = f"Naug {naug}, " if naug else ""
                 curves.append(Curve(
-                    f"{m} ({where}seed {r['train_seed']}): AP {_num(r['ap']):.3f}", m,
+                    f"{m} ({where}seed {r['train_seed']}): AP {number(r['ap']):.3f}", m,
                     [int(x["label"]) for x in scores], [float(x["score"]) for x in scores]))
             panels.append((t.setting, curves, t.chance))
         pic = pr_curves(panels, ctx.colours)
@@ -533,7 +534,7 @@ def _samples_section(ctx: _Ctx) -> str:
         return _note("No generating method in this bench (real-only only): no generated "
                      "images to show.")
     first: dict[str, dict[str, Any]] = {}
-    for s in sorted(sets, key=lambda s: _num(s.get("seed"))):
+    for s in sorted(sets, key=lambda s: number(s.get("seed"))):
         first.setdefault(str(s.get("method")), s)
     parts = [_note(f"The first {SHEET_SAMPLES} images of each method's generated set (its first "
                    "generation seed): the defect-free source, the generated image, its mask "
@@ -568,14 +569,14 @@ def best_cell(rows: list[dict[str, str]]) -> tuple[tuple[str, str, int, str], fl
     """
     groups: dict[tuple[str, str, int, str], list[dict[str, str]]] = {}
     for r in rows:
-        if math.isfinite(_num(r.get("ap"))):
-            key = (r["method"], r["setting"], int(_num(r["naug"]) or 0), r["protocol"])
+        if math.isfinite(number(r.get("ap"))):
+            key = (r["method"], r["setting"], int(number(r["naug"]) or 0), r["protocol"])
             groups.setdefault(key, []).append(r)
     if not groups:
         return None
-    means = {k: sum(_num(r["ap"]) for r in v) / len(v) for k, v in groups.items()}
+    means = {k: sum(number(r["ap"]) for r in v) / len(v) for k, v in groups.items()}
     key = max(means, key=lambda k: means[k])
-    row = max(groups[key], key=lambda r: _num(r["ap"]))
+    row = max(groups[key], key=lambda r: number(r["ap"]))
     return key, means[key], row
 
 
@@ -589,20 +590,20 @@ def _errors_section(ctx: _Ctx) -> str:
     run = ctx.out / "cells" / row["cell"]
     scores = _test_rows(run)
     group = f"{m}, {setting}" + (f", Naug {naug}" if naug else "") + f", protocol {protocol}"
-    thr = _num(row.get("threshold"))
+    thr = number(row.get("threshold"))
     intro = (f"<p>The best model: <b>{_e(group)}</b> has the highest mean test AP "
              f"({mean:.3f}); its best run, seed {_e(row.get('train_seed'))}, has AP "
-             f"{_num(row['ap']):.3f} at chance {_num(row.get('chance')):.3f}. At its threshold "
+             f"{number(row['ap']):.3f} at chance {number(row.get('chance')):.3f}. At its threshold "
              f"{thr:.4g} (chosen on {_e(row.get('threshold_chosen_on') or '?')}) it reaches "
-             f"precision {_num(row.get('precision')):.3f} and recall "
-             f"{_num(row.get('recall')):.3f}. <span class='muted'>(run folder cells/"
+             f"precision {number(row.get('precision')):.3f} and recall "
+             f"{number(row.get('recall')):.3f}. <span class='muted'>(run folder cells/"
              f"{_e(row['cell'])})</span></p>")
     if scores is None:
         return intro + _note("Its scores.csv cannot be read: no gallery.")
     fn = sorted((r for r in scores if r["label"] == "1" and r["predicted"] == "0"),
-                key=lambda r: _num(r["score"]))
+                key=lambda r: number(r["score"]))
     fp = sorted((r for r in scores if r["label"] == "0" and r["predicted"] == "1"),
-                key=lambda r: -_num(r["score"]))
+                key=lambda r: -number(r["score"]))
     masks = _test_masks(run, [r["id"] for r in fn[:GALLERY_MAX]]) if fn else {}
 
     def gallery(items: list[dict[str, str]], kind: str, what: str, note: str) -> str:
@@ -618,7 +619,7 @@ def _errors_section(ctx: _Ctx) -> str:
             pic = thumbnail(r.get("path", ""), masks.get(ident))
             image = _img(pic, ident) if pic else "<div class='noimg'>image not readable</div>"
             cards.append(f"<figure class='thumb'>{image}<figcaption><b>score "
-                         f"{_num(r['score']):.4g}</b><span class='id'>{_e(ident)}</span>"
+                         f"{number(r['score']):.4g}</b><span class='id'>{_e(ident)}</span>"
                          "</figcaption></figure>")
         more = ""
         if total > len(shown):

@@ -32,6 +32,7 @@ import numpy as np
 
 from diag.bench.grid import Grid, resolve
 from diag.bench.plan import Cell, GeneratedSet, Plan, key_of, make_plan
+from diag.bench.tables import read_test_scores
 from diag.config import dump_yaml, to_dict
 from diag.data import DatasetRef, detect_layout, load_dataset
 from diag.data.split import make_split, read_split, write_split
@@ -188,12 +189,6 @@ def score_set(gen: GeneratedSet, folder: Path, out: Path, grid: Grid, train_ref:
     return record
 
 
-def test_scores(run: Path) -> list[dict[str, str]]:
-    """The test rows of a run's scores.csv."""
-    with open(run / "scores.csv", encoding="utf-8") as fh:
-        return [row for row in csv.DictReader(fh) if row["split"] == "test"]
-
-
 def _recall_by_class(rows: list[dict[str, str]], test_classes: dict[str, str]
                      ) -> dict[str, float]:
     """Recall of each defect class of the test set, at the run's threshold."""
@@ -230,7 +225,7 @@ def result_row(cell: Cell, run: Path, metrics: dict[str, Any], seconds: float,
     at = test.get("at_threshold", {})
     data = json.loads((run / "metadata.json").read_text(encoding="utf-8")).get("data", {})
     by_source = data.get("train", {}).get("by_source", {})
-    scores = test_scores(run)
+    scores = read_test_scores(run)
     row = {
         "method": cell.method, "setting": cell.setting, "naug": cell.naug or 0,
         "gen_seed": "" if cell.gen_seed is None else cell.gen_seed,

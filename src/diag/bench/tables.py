@@ -86,7 +86,14 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _num(value: Any) -> float:
+def read_test_scores(run: Path) -> list[dict[str, str]]:
+    """The test rows of a cell's scores.csv."""
+    with open(run / "scores.csv", encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if row.get("split") == "test"]
+
+
+def number(value: Any) -> float:
+    """A results.csv value as a float; NaN when empty or not a number."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -116,24 +123,24 @@ def aggregate(rows: list[dict[str, str]]) -> list[Table]:
                     group = [r for r in mine if int(r["naug"] or 0) in (n, 0)]
                     if group:
                         cells[(m, n)] = _stat(group)
-            chance = float(np.nanmean([_num(r["chance"]) for r in subset]))
+            chance = float(np.nanmean([number(r["chance"]) for r in subset]))
             tables.append(Table(protocol, setting, methods, naugs or [0], cells, chance))
     return tables
 
 
 def _stat(group: list[dict[str, str]]) -> Stat:
-    ap = np.array([_num(r["ap"]) for r in group])
-    noise = np.array([_num(r.get("ap_noise")) for r in group])
+    ap = np.array([number(r["ap"]) for r in group])
+    noise = np.array([number(r.get("ap_noise")) for r in group])
     extra = {}
     per_class = sorted({k for r in group for k in r if k.startswith("recall_")})
     for k in [*METRICS[1:], *per_class]:
-        v = np.array([_num(r.get(k)) for r in group])
+        v = np.array([number(r.get(k)) for r in group])
         extra[k] = (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan,
                     float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0)
     return Stat(float(np.mean(ap)), float(np.std(ap, ddof=1)) if len(ap) > 1 else 0.0, len(ap),
                 [float(x) for x in ap],
                 float(np.nanmean(noise)) if np.isfinite(noise).any() else 0.0,
-                float(np.nanmean([_num(r["chance"]) for r in group])), extra)
+                float(np.nanmean([number(r["chance"]) for r in group])), extra)
 
 
 def fmt(stat: Stat, digits: int = 3) -> str:

@@ -59,7 +59,15 @@ from scipy import ndimage
 
 from diag.data.sample import Sample
 from diag.errors import DiagError, some, warn, where
-from diag.files import check_folder, copy_file, lock_folder, write_error, write_json, write_text
+from diag.files import (
+    DIR_MODE,
+    check_folder,
+    copy_file,
+    lock_folder,
+    write_error,
+    write_json,
+    write_text,
+)
 from diag.imageio import image_size, read_image, write_image, write_mask
 
 FORMATS = ("anomalib-folder", "mvtec", "coco", "yolo-seg")
@@ -591,7 +599,7 @@ def export(out: str | Path, dest: str | Path, fmt: str, *, with_real: bool = Fal
                 raise write_error(parent / f".{dest.name}{_TMP}", exc) from None
             stack.enter_context(lock_folder(tmp, "a temporary export folder"))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, DIR_MODE)
             tree = _Tree(tmp, link)
             writers: dict[str, Callable[[], tuple[dict[str, str], list[str]]]] = {
                 "anomalib-folder": lambda: _anomalib_folder(tree, items, dest.absolute(), name),
@@ -609,12 +617,6 @@ def export(out: str | Path, dest: str | Path, fmt: str, *, with_real: bool = Fal
     for note in notes:
         warn(note)
     return ExportResult(dest, fmt, len(items) - n_real, n_real, how, notes)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _write_readme(root: Path, fmt: str, out: Path, lines: dict[str, str], generated: int,

@@ -255,54 +255,52 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         clear_out_folder(out)
-    try:
-        return _run_in(spec, out, shard, limit, device, progress, generator, on_sample,
-                       allow_changed_inputs, inputs, offsets, mine, start)
-    except BaseException:
-        _forget_failed_start(out)
-        raise
-
-
-def _run_in(spec: Spec, out: Path, shard: tuple[int, int], limit: int | None,
-            device: str | None, progress: bool | None, generator: Generator | None,
-            on_sample: Callable[[dict[str, Any]], None] | None, allow_changed_inputs: bool,
-            inputs: Inputs, offsets: dict[str, int], mine: int, start: float) -> RunSummary:
-    """:func:`run_spec` once its output folder exists."""
-    i, n = shard
-    inputs_record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
-    manifest_path = out / manifest_name(shard)
-    log = RunLog(out, shard)
-    with folder_lock(out, manifest_path.name) as locked:
-        if not locked:
-            raise DiagError(f"another diag generate run is writing {where(manifest_path)}: wait "
-                            "for it to finish (or stop it), or use another --out folder")
-        done = _done_ids(out)
-        skipped = sum(1 for d in done if (x := _index_of(spec, offsets, d)) is not None
-                      and x % n == i)
-        _remove_my_temp_files(spec, out, offsets, shard)
-        remaining = mine - skipped if limit is None else min(limit, mine - skipped)
-        todo = itertools.islice((it for it in iter_plan(spec, inputs.candidates)
-                                 if it.index % n == i and it.id not in done), remaining)
-        log(f"start: {remaining} to generate, {skipped} of {mine} already done, generator "
-            f"{spec.generator.kind}")
-        try:
-            records = _run(spec, out, todo, remaining, inputs, manifest_path, device, progress,
-                           generator, on_sample, inputs_record, bool(done), allow_changed_inputs,
-                           log) if remaining else []
-        except BaseException as exc:
-            log(f"stopped: {type(exc).__name__}: {' '.join(str(exc).split())}")
-            raise
-    log(f"end: {len(records)} generated in {time.perf_counter() - start:.1f} s")
-    return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
+    with _forget_if_nothing_made(out):
+        inputs_record = prepare_out_folder(spec, out, inputs, allow_changed_inputs)
+        manifest_path = out / manifest_name(shard)
+        log = RunLog(out, shard)
+        with folder_lock(out, manifest_path.name) as locked:
+            if not locked:
+                raise DiagError(f"another diag generate run is writing {where(manifest_path)}: "
+                                "wait for it to finish (or stop it), or use another --out "
+                                "folder")
+            done = _done_ids(out)
+            skipped = sum(1 for d in done if (x := _index_of(spec, offsets, d)) is not None
+                          and x % n == i)
+            _remove_my_temp_files(spec, out, offsets, shard)
+            remaining = mine - skipped if limit is None else min(limit, mine - skipped)
+            todo = itertools.islice((it for it in iter_plan(spec, inputs.candidates)
+                                     if it.index % n == i and it.id not in done), remaining)
+            log(f"start: {remaining} to generate, {skipped} of {mine} already done, generator "
+                f"{spec.generator.kind}")
+            try:
+                records = _run(spec, out, todo, remaining, inputs, manifest_path, device,
+                               progress, generator, on_sample, inputs_record, bool(done),
+                               allow_changed_inputs, log) if remaining else []
+            except BaseException as exc:
+                log(f"stopped: {type(exc).__name__}: {' '.join(str(exc).split())}")
+                raise
+        log(f"end: {len(records)} generated in {time.perf_counter() - start:.1f} s")
+        return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
 
 
 OWN_FILES = (SPEC_FILE, INPUTS_FILE, LOG_FILE, MANIFEST)
 
 
-def _forget_failed_start(out: Path) -> None:
-    """After a run that stopped (error, Ctrl-C): if the folder holds no sample and nobody else
+@contextlib.contextmanager
+def _forget_if_nothing_made(out: Path) -> Iterator[None]:
+    """If the run inside stops (error, Ctrl-C) while the folder holds no sample and nobody else
     is generating there, remove the spec and inputs records it wrote, so a corrected spec is
     not refused. The log keeps why it stopped."""
+    try:
+        yield
+    except BaseException:
+        _forget_failed_start(out)
+        raise
+
+
+def _forget_failed_start(out: Path) -> None:
+    """See :func:`_forget_if_nothing_made`."""
     with contextlib.suppress(OSError, DiagError), folder_lock(out, "spec", wait=True):
         if _in_use(out) or read_manifest(out):
             return
@@ -335,8 +333,7 @@ def clear_out_folder(out: Path) -> None:
                 shutil.rmtree(p)
             else:
                 p.unlink()
-        for p in out.glob(".*" + TMP_SUFFIX):
-            p.unlink()
+        remove_temp_files(out)
 
 
 def _finish(spec: Spec, out: Path, shard: tuple[int, int], mine: int, skipped: int,
