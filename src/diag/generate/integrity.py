@@ -27,6 +27,7 @@ from typing import Any
 
 from diag.errors import DiagError, some, where
 from diag.files import hash_files, write_json
+from diag.generate.plan import is_pick
 from diag.imageio import IMAGE_SUFFIXES
 
 INPUTS_FILE = "inputs.json"
@@ -120,7 +121,8 @@ def used_files(records: Iterable[dict[str, Any]], paths_of: dict[str, list[str]]
 
 
 def check_inputs(out: Path, new: dict[str, Any], finished: list[dict[str, Any]], allow: bool,
-                 paths_of: dict[str, list[str]]) -> dict[str, Any]:
+                 paths_of: dict[str, list[str]], region_dirs: Iterable[Path] = ()
+                 ) -> dict[str, Any]:
     """Compare the folder's recorded inputs with ``new``; returns what to record.
 
     Args:
@@ -129,6 +131,9 @@ def check_inputs(out: Path, new: dict[str, Any], finished: list[dict[str, Any]],
         finished: Manifest records of the samples already made.
         allow: ``--allow-changed-inputs``: record a change instead of stopping.
         paths_of: Dataset sample id -> its image and mask paths.
+        region_dirs: Folders of drawn regions. While the folder holds only picks (each names
+            its image and seed), region files added or removed there for other images change
+            none of them (``diag ui`` paints a region, accepts, paints the next one).
 
     Raises:
         DiagError: the folder holds samples that a fresh run would no longer make.
@@ -141,6 +146,8 @@ def check_inputs(out: Path, new: dict[str, Any], finished: list[dict[str, Any]],
     changes = compare(old, new)
     used = used_files(finished, paths_of)
     blocking = {k: v for k, v in changes.items() if k != "changed"}
+    if all(is_pick(r.get("id", "")) for r in finished):
+        blocking = _picks_only(blocking, finished, used, [Path(d) for d in region_dirs])
     touched = [f for f in changes.get("changed", []) if f in used]
     if touched:
         blocking["changed"] = touched
@@ -153,6 +160,21 @@ def check_inputs(out: Path, new: dict[str, Any], finished: list[dict[str, Any]],
                             f"change is recorded in {INPUTS_FILE})")
         record["accepted_changes"] = [*record["accepted_changes"], _accepted(text)]
     return record
+
+
+def _picks_only(blocking: dict[str, list[str]], finished: list[dict[str, Any]], used: set[str],
+                region_dirs: list[Path]) -> dict[str, list[str]]:
+    """Of the added and removed files, those that can move a pick: outside the region
+    folders, a file the pick used, or a region file named after a pick's image."""
+    stems = {Path(str(r.get("source", ""))).stem for r in finished}
+
+    def moves(name: str) -> bool:
+        p = Path(name)
+        in_regions = any(p.parent == d or d in p.parents for d in region_dirs)
+        return not in_regions or name in used or p.stem in stems
+
+    kept = {k: [f for f in v if moves(f)] for k, v in blocking.items() if k != "reordered"}
+    return {k: v for k, v in kept.items() if v}
 
 
 def check_generator(record: dict[str, Any], identity: dict[str, Any], has_samples: bool,

@@ -3,7 +3,8 @@
 Item ``k`` of defect ``d`` always gets the same defect-free image and the same seed (derived
 from the spec seed, the defect name and ``k``), whatever the other defects' counts, the shard
 or the machine; raising a defect's count extends its set without changing the samples already
-planned.
+planned. The expert's picks (``defects[i].picks``, from ``diag ui``) come after every type's
+counted items: pick ``j`` of ``d`` is ``<d>_p<j>``, on the image and with the seed it names.
 
 >>> sample_seed(0, "crack", 0) == sample_seed(0, "crack", 0) != sample_seed(0, "crack", 1)
 True
@@ -14,7 +15,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from diag.data import Sample
@@ -67,6 +68,70 @@ def iter_plan(spec: Spec, negatives: Sources) -> Iterator[PlanItem]:
             yield PlanItem(index, f"{d.name}_{k:05d}", d.name, d.prompt, d.negative_prompt,
                            sample_seed(spec.seed, d.name, k), src)
             index += 1
+    for i, d in enumerate(spec.defects):
+        if not d.picks:
+            continue
+        pool = negatives.get(d.name, ()) if isinstance(negatives, Mapping) else negatives
+        by_id = {s.id: s for s in pool}
+        for j, pick in enumerate(d.picks):
+            if pick.image not in by_id:
+                raise DiagError(f"{spec.source}: defects[{i}].picks[{j}].image '{pick.image}' is "
+                                f"not a defect-free image that '{d.name}' can go on (not in the "
+                                "dataset's split, or no region drawn for it): fix the id or "
+                                "remove the pick")
+            yield PlanItem(index, pick_id(d.name, j), d.name, d.prompt, d.negative_prompt,
+                           pick.seed, by_id[pick.image])
+            index += 1
+
+
+def pick_id(defect: str, j: int) -> str:
+    """The sample id of pick ``j`` of ``defect``.
+
+    >>> pick_id("crack", 3)
+    'crack_p00003'
+    """
+    return f"{defect}_p{j:05d}"
+
+
+def is_pick(item_id: str) -> bool:
+    """Whether a sample id names an expert's pick (``crack_p00003``), not a counted item.
+
+    >>> is_pick("crack_p00003"), is_pick("crack_00003"), is_pick("x_p1_00002")
+    (True, False, False)
+    """
+    k = item_id.rpartition("_")[2]
+    return k[:1] == "p" and k[1:].isdigit()
+
+
+def plan_index(spec: Spec) -> Callable[[str], int | None]:
+    """A function from sample id to plan index (None: the plan has no such id), without
+    building the plan.
+
+    >>> from diag.generate.spec import parse_spec
+    >>> spec = parse_spec({"dataset": {"root": "d"}, "generator": {"kind": "memseg"},
+    ...     "defects": [{"name": "a", "count": 2, "picks": [{"image": "x", "seed": 1}]},
+    ...                 {"name": "b", "count": 1}]})
+    >>> [plan_index(spec)(i) for i in ("a_00001", "b_00000", "a_p00000", "a_00002", "c_00000")]
+    [1, 2, 3, None, None]
+    """
+    counted: dict[str, tuple[int, int]] = {}
+    picked: dict[str, tuple[int, int]] = {}
+    at = 0
+    for d in spec.defects:
+        counted[d.name], at = (at, d.count), at + d.count
+    for d in spec.defects:
+        picked[d.name], at = (at, len(d.picks or ())), at + len(d.picks or ())
+
+    def index(item_id: str) -> int | None:
+        name, _, k = item_id.rpartition("_")
+        table = picked if is_pick(item_id) else counted
+        k = k[1:] if is_pick(item_id) else k
+        if name not in table or not k.isdigit():
+            return None
+        offset, n = table[name]
+        return offset + int(k) if int(k) < n else None
+
+    return index
 
 
 def make_plan(spec: Spec, negatives: Sources) -> list[PlanItem]:

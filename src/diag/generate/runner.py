@@ -18,7 +18,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from diag.generate.integrity import (
     read_inputs,
     write_inputs,
 )
-from diag.generate.plan import PlanItem, iter_plan, shard_of
+from diag.generate.plan import PlanItem, iter_plan, plan_index, shard_of
 from diag.generate.sample import Inputs, generate_chunk, load_inputs
 from diag.generate.spec import Spec
 from diag.generators.base import Generator, make_generator
@@ -85,13 +85,50 @@ def _in_use(out: Path) -> bool:
     return any(is_locked(lock) for lock in out.glob(".manifest*.lock"))
 
 
-def _fingerprint(data: dict[str, Any]) -> dict[str, Any]:
-    """Everything of a spec dict that changes pixels, except counts (which may grow) and the
-    device."""
+def spec_fingerprint(data: dict[str, Any]) -> dict[str, Any]:
+    """Everything of a spec dict that changes pixels, except counts and picks (which may
+    grow) and the device."""
     d = dict(data)
     d.pop("device", None)
-    d["defects"] = [{k: v for k, v in x.items() if k != "count"} for x in d.get("defects", [])]
+    d["defects"] = [{k: v for k, v in x.items() if k not in ("count", "picks")}
+                    for x in d.get("defects", [])]
+    d["generator"] = _generator_fingerprint(d.get("generator"))
     return d
+
+
+SAME_PIXELS = ("batch_size", "prompt_cache")  # generator options that never change an image
+
+
+def _generator_fingerprint(gen: Any) -> Any:
+    """The generator section with every default filled in (a spec.yaml written before an
+    option existed compares equal) and without options that leave the pixels alone."""
+    from diag.config import to_dict
+    from diag.generate.spec import _own_params
+    from diag.generators.base import generator_config
+
+    if not isinstance(gen, dict):
+        return gen
+    params = dict(gen)
+    kind = str(params.pop("kind", "diffusion"))
+    try:
+        own, _ = _own_params(kind, params)
+        full = {"kind": kind, **to_dict(generator_config(kind, own, "spec"))}
+    except DiagError:
+        full = dict(gen)
+    return {k: v for k, v in full.items() if k not in SAME_PIXELS}
+
+
+def _grown(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new``'s defect types are ``old``'s, each with the same picks first, and maybe
+    more types after them: a spec grown this way plans every old sample as before."""
+    a, b = old.get("defects") or [], new.get("defects") or []
+    if len(a) > len(b):
+        return False
+    for x, y in zip(a, b, strict=False):
+        px, py = x.get("picks") or [], y.get("picks") or []
+        if py[:len(px)] != px:
+            return False
+    return True
 
 
 def _old_spec(out: Path) -> dict[str, Any] | None:
@@ -109,7 +146,12 @@ def _spec_diff(spec: Spec, out: Path) -> list[str] | None:
     old = _old_spec(out)
     if old is None:
         return None
-    old_fp, new_fp = _fingerprint(old), _fingerprint(spec.to_dict())
+    new = spec.to_dict()
+    old_fp, new_fp = spec_fingerprint(old), spec_fingerprint(new)
+    if _grown(old, new):  # defect types added after the old ones plan nothing old anew
+        new_fp["defects"] = new_fp["defects"][:len(old_fp["defects"])]
+    else:
+        old_fp["defects"] = old.get("defects")  # a pick changed or removed: say "defects"
     return sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
 
 
@@ -133,6 +175,34 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def _claim(spec: Spec, out: Path) -> list[dict[str, Any]]:
+    """Write ``spec`` as the folder's spec.yaml unless the folder holds samples (or a running
+    generate) of a spec that plans them differently. Returns the finished samples. Call it
+    holding the folder's spec lock."""
+    finished = _finished(out)
+    diff = _spec_diff(spec, out)
+    if diff:
+        if finished or _in_use(out):
+            state = "holds samples of" if finished else "is being written by"
+            raise DiagError(f"{where(out)} {state} a different spec ({', '.join(diff)} "
+                            "changed): use a new --out folder, or --overwrite to start "
+                            "this one afresh")
+        warn(f"{where(out)} held the spec of a run that made no sample: replacing it")
+    remove_temp_files(out, [SPEC_FILE, INPUTS_FILE])
+    text = spec.to_yaml()
+    if diff != [] or (out / SPEC_FILE).read_text(encoding="utf-8") != text:
+        write_text(out / SPEC_FILE, text)
+    return finished
+
+
+def claim_spec(spec: Spec, out: Path) -> None:
+    """Save ``spec`` as ``out/spec.yaml`` (``diag ui``'s save), with the checks a run makes:
+    refused when the folder holds samples of a spec that plans them differently."""
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "spec", wait=True):
+        _claim(spec, out)
+
+
 def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: bool
                        ) -> dict[str, Any]:
     """Own ``out`` for this spec: refuse another spec's samples and changed inputs, record the
@@ -141,24 +211,13 @@ def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: boo
     A spec.yaml left by a run that made nothing (say, a typo in the model path) is replaced.
     """
     with folder_lock(out, "spec", wait=True):
-        finished = _finished(out)
-        has_samples = bool(finished)
-        diff = _spec_diff(spec, out)
-        if diff:
-            if has_samples or _in_use(out):
-                state = "holds samples of" if has_samples else "is being written by"
-                raise DiagError(f"{where(out)} {state} a different spec ({', '.join(diff)} "
-                                "changed): use a new --out folder, or --overwrite to start "
-                                "this one afresh")
-            warn(f"{where(out)} held the spec of a run that made no sample: replacing it")
-        remove_temp_files(out, [SPEC_FILE, INPUTS_FILE])
-        text = spec.to_yaml()
-        if diff != [] or (out / SPEC_FILE).read_text(encoding="utf-8") != text:
-            write_text(out / SPEC_FILE, text)
+        finished = _claim(spec, out)
         paths_of = {s.id: [str(s.path)] + ([str(s.mask_path)] if s.mask_path else [])
                     for s in [*inputs.negatives, *inputs.positives]}
+        dirs = [Path(r.path) for r in [spec.regions, *(d.regions for d in spec.defects)]
+                if r is not None and r.path and Path(r.path).is_dir()]
         record = check_inputs(out, fingerprint(inputs, spec, read_inputs(out)), finished,
-                              allow_changed, paths_of)
+                              allow_changed, paths_of, dirs)
         write_inputs(out, record)
     return record
 
@@ -170,24 +229,6 @@ def _finished(out: Path) -> list[dict[str, Any]]:
 
 def _done_ids(out: Path) -> set[str]:
     return {r["id"] for r in _finished(out)}
-
-
-def _planned(spec: Spec) -> dict[str, int]:
-    """Plan index offset of each defect (item ``k`` of ``d`` is index ``offset[d] + k``)."""
-    offsets, at = {}, 0
-    for d in spec.defects:
-        offsets[d.name] = at
-        at += d.count
-    return offsets
-
-
-def _index_of(spec: Spec, offsets: dict[str, int], item_id: str) -> int | None:
-    """The plan index of a sample id (``crack_00012``), or None when the plan has no such id."""
-    name, _, k = item_id.rpartition("_")
-    if name not in offsets or not k.isdigit():
-        return None
-    count = next(d.count for d in spec.defects if d.name == name)
-    return offsets[name] + int(k) if int(k) < count else None
 
 
 @dataclass
@@ -208,7 +249,8 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
              limit: int | None = None, device: str | None = None, progress: bool | None = None,
              generator: Generator | None = None,
              on_sample: Callable[[dict[str, Any]], None] | None = None,
-             allow_changed_inputs: bool = False, overwrite: bool = False) -> RunSummary:
+             allow_changed_inputs: bool = False, overwrite: bool = False,
+             ids: Collection[str] | None = None) -> RunSummary:
     """Generate every planned sample of this shard that is not already done.
 
     Args:
@@ -224,6 +266,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
             changed since its samples were made (recorded in ``inputs.json``).
         overwrite: Start ``out`` afresh: delete the samples, manifests and records a previous
             run left there (only diag's own files; refused while another run writes there).
+        ids: Make only these planned samples (``diag ui`` accepting a pick), if not done yet.
 
     A run that stops before its first sample removes the ``spec.yaml`` and ``inputs.json``
     it wrote to a folder without samples, so a corrected rerun starts clean.
@@ -245,10 +288,17 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                         "generate: set defects[i].count")
     check_out_path(out)
     inputs = load_inputs(spec)
-    offsets = _planned(spec)
+    index_of = plan_index(spec)
     mine = len(range(i, spec.total, n))
+    if ids is not None:
+        unknown = [x for x in ids if index_of(x) is None]
+        if unknown:
+            raise DiagError(f"{spec.source}: the plan has no sample '{unknown[0]}': check the "
+                            "defect name and its count or picks")
+        ids = set(ids)
+        mine = sum(1 for x in ids if index_of(x) % n == i)
     if not writable(out):
-        return _read_only(spec, out, shard, mine, offsets, start)
+        return _read_only(spec, out, shard, mine, index_of, start)
     if overwrite and n > 1:
         raise DiagError("--overwrite with --shard: one shard would delete the others' samples; "
                         "start the folder afresh once without --shard (or use a new --out)")
@@ -265,12 +315,13 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                                 "wait for it to finish (or stop it), or use another --out "
                                 "folder")
             done = _done_ids(out)
-            skipped = sum(1 for d in done if (x := _index_of(spec, offsets, d)) is not None
-                          and x % n == i)
-            _remove_my_temp_files(spec, out, offsets, shard)
+            skipped = sum(1 for d in done if (x := index_of(d)) is not None
+                          and x % n == i and (ids is None or d in ids))
+            _remove_my_temp_files(spec, out, index_of, shard)
             remaining = mine - skipped if limit is None else min(limit, mine - skipped)
             todo = itertools.islice((it for it in iter_plan(spec, inputs.candidates)
-                                     if it.index % n == i and it.id not in done), remaining)
+                                     if it.index % n == i and it.id not in done
+                                     and (ids is None or it.id in ids)), remaining)
             log(f"start: {remaining} to generate, {skipped} of {mine} already done, generator "
                 f"{spec.generator.kind}")
             try:
@@ -281,7 +332,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
                 log(f"stopped: {type(exc).__name__}: {' '.join(str(exc).split())}")
                 raise
         log(f"end: {len(records)} generated in {time.perf_counter() - start:.1f} s")
-        return _finish(spec, out, shard, mine, skipped, records, offsets, manifest_path, start)
+        return _finish(spec, out, shard, mine, skipped, records, index_of, manifest_path, start)
 
 
 OWN_FILES = (SPEC_FILE, INPUTS_FILE, LOG_FILE, MANIFEST)
@@ -337,9 +388,9 @@ def clear_out_folder(out: Path) -> None:
 
 
 def _finish(spec: Spec, out: Path, shard: tuple[int, int], mine: int, skipped: int,
-            records: list[dict[str, Any]], offsets: dict[str, int], manifest_path: Path,
+            records: list[dict[str, Any]], index_of: Callable[[str], int | None], manifest_path: Path,
             start: float) -> RunSummary:
-    all_done = {d for d in _done_ids(out) if _index_of(spec, offsets, d) is not None}
+    all_done = {d for d in _done_ids(out) if index_of(d) is not None}
     complete = len(all_done) == spec.total
     final = manifest_path
     if complete and shard[1] > 1 and writable(out):
@@ -352,19 +403,19 @@ def _finish(spec: Spec, out: Path, shard: tuple[int, int], mine: int, skipped: i
 
 
 def _read_only(spec: Spec, out: Path, shard: tuple[int, int], mine: int,
-               offsets: dict[str, int], start: float) -> RunSummary:
+               index_of: Callable[[str], int | None], start: float) -> RunSummary:
     """A folder that cannot be written: fine when it already holds this whole spec's set."""
     diff = _spec_diff(spec, out)
-    done = {d for d in _done_ids(out) if _index_of(spec, offsets, d) is not None}
+    done = {d for d in _done_ids(out) if index_of(d) is not None}
     if diff is None or diff or len(done) < spec.total:
         raise DiagError(f"cannot write to {where(out)} (permission denied or a read-only disk) "
                         "and it does not hold this spec's finished set: choose a writable --out")
-    skipped = sum(1 for d in done if _index_of(spec, offsets, d) % shard[1] == shard[0])
+    skipped = sum(1 for d in done if index_of(d) % shard[1] == shard[0])
     manifest = out / MANIFEST if (out / MANIFEST).exists() else out / manifest_name(shard)
     return RunSummary(out, mine, 0, skipped, time.perf_counter() - start, manifest, True, [])
 
 
-def _remove_my_temp_files(spec: Spec, out: Path, offsets: dict[str, int],
+def _remove_my_temp_files(spec: Spec, out: Path, index_of: Callable[[str], int | None],
                           shard: tuple[int, int]) -> None:
     """Temporary image and mask files of this shard's samples, left by a killed run."""
     for folder in (out / "images", out / "masks"):
@@ -373,7 +424,7 @@ def _remove_my_temp_files(spec: Spec, out: Path, offsets: dict[str, int],
         names = set()
         for p in folder.glob(".*" + TMP_SUFFIX):
             stem = p.name[1:].split(".png.", 1)[0]
-            x = _index_of(spec, offsets, stem)
+            x = index_of(stem)
             if x is not None and x % shard[1] == shard[0]:
                 names.add(f"{stem}.png")
         if names:

@@ -44,7 +44,7 @@ class Inputs:
     """The dataset as the plan and the generator see it.
 
     Attributes:
-        negatives: Every defect-free image some defect type can go on.
+        negatives: Every defect-free image of the dataset's split (the generators' donors).
         positives: The real defective images (masks for ``real-masks``, copy-paste donors).
         regions: Each defect type's region source (None: the generator places the defect);
             defect types with the same regions share one source.
@@ -96,8 +96,9 @@ def load_inputs(spec: Spec) -> Inputs:
             raise DiagError(f"no drawn region for defect '{defect.name}' matches any defect-free "
                             f"image in {where(d.root)}: name region files after image stems, or "
                             f"add default.png{hint}")
-    used = {s.id for c in candidates.values() for s in c}
-    return Inputs([s for s in negatives if s.id in used], positives, regions, candidates)
+    # every defect-free image stays a texture donor, wherever regions are drawn: a sample
+    # never changes because a region was painted on another image
+    return Inputs(negatives, positives, regions, candidates)
 
 
 def prepare(item: PlanItem, inputs: Inputs) -> tuple[Request, dict[str, Any] | None]:

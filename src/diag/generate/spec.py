@@ -39,6 +39,25 @@ MAX_COUNT = 10**12  # far beyond any run; keeps plan sizes within 64-bit integer
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class Pick:
+    """A sample an expert chose in ``diag ui``: this defect type on the defect-free image
+    ``image`` (a dataset sample id) with ``seed``. It is planned after every type's ``count``
+    items, as ``<defect>_p<NNNNN>``, and reproduces the accepted image exactly."""
+
+    image: str
+    seed: int
+
+    def validate(self, source: str, prefix: str) -> None:
+        if not self.image:
+            raise DiagError(f"{source}: {prefix}image is empty: give a dataset sample id")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise DiagError(f"{source}: {prefix}seed must be between 0 and {MAX_SEED}")
+
+
 @dataclass
 class DefectSpec:
     """One defect type: its name (used in file names), text prompts, how many to make, and
@@ -51,6 +70,13 @@ class DefectSpec:
     count: int = 10
     # None (left out of spec.yaml) unless given: folders made before this field still resume
     regions: RegionSpec | None = field(default=None, metadata={"omit_none": True})
+    # samples chosen in diag ui (see Pick); left out of spec.yaml unless given
+    picks: list[Pick] | None = field(default=None, metadata={"omit_none": True})
+
+    @property
+    def planned(self) -> int:
+        """How many samples this type plans: its count and its picks."""
+        return self.count + len(self.picks or ())
 
     def validate(self, source: str, prefix: str) -> None:
         if not NAME_RE.match(self.name):
@@ -88,7 +114,7 @@ class Spec:
 
     @property
     def total(self) -> int:
-        return sum(d.count for d in self.defects)
+        return sum(d.planned for d in self.defects)
 
     def to_dict(self) -> dict[str, Any]:
         from diag.config import to_dict
