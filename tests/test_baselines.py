@@ -317,3 +317,127 @@ def test_shared_parameter_names_mean_the_same_everywhere() -> None:
 def test_describe_names_the_kind() -> None:
     for kind in KINDS:
         assert make_generator(kind, {}).describe()["generator"] == kind
+
+
+def _perlin_per_pixel(shape: tuple[int, int], angles: np.ndarray) -> np.ndarray:
+    """DRAEM's Perlin noise written pixel-wise (four gathered gradients, dot products, quintic
+    fades), the reference for diag's separable computation."""
+    sy, sx = angles.shape[0] - 1, angles.shape[1] - 1
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    ys = np.linspace(0, sy, shape[0], endpoint=False)
+    xs = np.linspace(0, sx, shape[1], endpoint=False)
+    yi, xi = np.meshgrid(np.floor(ys).astype(int), np.floor(xs).astype(int), indexing="ij")
+    yf, xf = np.meshgrid(ys % 1, xs % 1, indexing="ij")
+
+    def dot(dy: int, dx: int) -> np.ndarray:
+        g = grads[yi + dy, xi + dx]
+        return g[..., 0] * (yf - dy) + g[..., 1] * (xf - dx)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return 6 * t**5 - 15 * t**4 + 10 * t**3
+
+    u, v = fade(xf), fade(yf)
+    top = dot(0, 0) * (1 - u) + dot(0, 1) * u
+    bottom = dot(1, 0) * (1 - u) + dot(1, 1) * u
+    return np.sqrt(2.0) * (top * (1 - v) + bottom * v)
+
+
+@pytest.mark.parametrize("shape", [(256, 640), (289, 240), (1, 1), (3, 17), (40, 1200)])
+def test_perlin_noise_matches_the_per_pixel_formula(shape: tuple[int, int]) -> None:
+    from diag.generators.perlin import perlin_noise
+
+    for seed, scale in enumerate([(1, 1), (2, 32), (32, 2), (16, 16), (64, 8), (3, 5)]):
+        angles = np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi, (scale[0] + 1,
+                                                                         scale[1] + 1))
+        noise = perlin_noise(shape, scale, np.random.default_rng(seed))
+        assert noise.shape == shape
+        np.testing.assert_allclose(noise, _perlin_per_pixel(shape, angles), rtol=0, atol=1e-12)
+
+
+def test_perlin_mask_draw_order_and_turns() -> None:
+    """Scales, gradients, turn, then (a non-square image turned by 90 or 270 degrees) the
+    transposed lattice's gradients: the mask is the turned per-pixel noise, and the generator
+    is left where the draws after the mask (texture, opacity) expect it."""
+    from diag.generators.perlin import perlin_mask
+
+    shape, turns = (48, 80), set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        sy, sx = (2 ** int(rng.integers(0, 6)) for _ in range(2))
+        first = rng.uniform(0.0, 2.0 * np.pi, (sy + 1, sx + 1))
+        k = int(rng.integers(0, 4))
+        turns.add(k)
+        if k % 2:
+            second = rng.uniform(0.0, 2.0 * np.pi, (sx + 1, sy + 1))
+            expected = np.rot90(_perlin_per_pixel(shape[::-1], second), k) > 0.5
+        else:
+            expected = np.rot90(_perlin_per_pixel(shape, first), k) > 0.5
+        after = rng.random()
+        rng = np.random.default_rng(seed)
+        mask = perlin_mask(shape, rng)
+        assert mask.shape == shape and np.array_equal(mask, expected), seed
+        assert rng.random() == after
+    assert turns == {0, 1, 2, 3}
+
+
+def test_jitter_is_pillows_brightness_contrast_then_gamma(mt: dict[str, list[Sample]]) -> None:
+    from PIL import Image, ImageEnhance
+
+    from diag.generators.textures import jitter
+
+    gray = mt["negatives"][0].image
+    colour = np.stack([gray, gray[::-1], gray // 2], axis=-1)
+    noisy = np.random.default_rng(0).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    for arr in (gray, to_rgb(gray), colour, noisy, noisy[..., 1]):
+        for seed, strength in enumerate((0.3, 0.9)):
+            rng = np.random.default_rng(seed)
+            img = Image.fromarray(arr)
+            img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(1 - strength,
+                                                                         1 + strength)))
+            img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(1 - strength,
+                                                                       1 + strength)))
+            gamma = float(rng.uniform(1 - strength, 1 + strength))
+            expected = np.clip(np.rint(255.0 * (np.asarray(img).astype(np.float32) / 255.0)
+                                       ** gamma), 0, 255).astype(np.uint8)
+            out = jitter(arr, np.random.default_rng(seed), strength)
+            assert out.dtype == np.uint8 and np.array_equal(out, expected)
+
+
+def test_blend_equals_the_whole_image_formula_and_keeps_the_rest() -> None:
+    from diag.generators.base import blend
+
+    rng = np.random.default_rng(0)
+    for shape in [(40, 60), (40, 60, 3)]:
+        src = rng.integers(0, 256, shape).astype(np.uint8)
+        other = rng.integers(0, 256, shape).astype(np.uint8)[::-1]  # not contiguous
+        for alpha in (rng.uniform(-0.5, 1, shape[:2]).clip(0, 1).astype(np.float32),
+                      np.zeros(shape[:2], np.float32), np.ones(shape[:2])):
+            a = alpha if src.ndim == 2 else alpha[..., None]
+            whole = np.clip(np.rint(src.astype(np.float32) * (1.0 - a)
+                                    + other.astype(np.float32) * a), 0, 255).astype(np.uint8)
+            m = alpha > 0 if src.ndim == 2 else (alpha > 0)[..., None]
+            out = blend(src, other, alpha)
+            assert out.dtype == np.uint8 and np.array_equal(out, np.where(m, whole, src))
+
+
+def test_draem_gamma_and_brightness_are_the_float_formulas(mt: dict[str, list[Sample]]) -> None:
+    """The two pixel-wise DRAEM augmentations, computed as byte tables, give the bytes of their
+    float32 formulas (gamma per channel, brightness multiply-and-add)."""
+    from diag.generators.textures import _draem_op
+
+    gray = mt["negatives"][0].image
+    for arr in (gray, np.stack([gray, gray[::-1], gray // 2], axis=-1)):
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            gammas = [float(rng.uniform(0.5, 2.0)) for _ in range(1 if arr.ndim == 2 else 3)]
+            planes = [arr] if arr.ndim == 2 else [arr[..., c] for c in range(3)]
+            curves = [np.clip(np.rint(255.0 * (p.astype(np.float32) / 255.0) ** g), 0, 255)
+                      for p, g in zip(planes, gammas, strict=True)]
+            expected = (curves[0] if arr.ndim == 2 else np.stack(curves, -1)).astype(np.uint8)
+            assert np.array_equal(_draem_op(arr, "gamma", np.random.default_rng(seed)), expected)
+            rng = np.random.default_rng(seed + 100)
+            mul, add = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-30, 30))
+            expected = np.clip(np.rint(arr.astype(np.float32) * mul + add), 0, 255).astype(
+                np.uint8)
+            assert np.array_equal(_draem_op(arr, "brightness", np.random.default_rng(seed + 100)),
+                                  expected)

@@ -210,10 +210,16 @@ def paste(source: np.ndarray, generated: np.ndarray, mask: np.ndarray) -> np.nda
 
 
 def blend(source: np.ndarray, other: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Alpha-blend ``other`` over ``source`` (alpha ``HxW`` in [0, 1]); exact where alpha is 0."""
-    a = alpha if source.ndim == 2 else alpha[..., None]
-    out = source.astype(np.float32) * (1.0 - a) + other.astype(np.float32) * a
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return paste(source, out, alpha > 0)
+    """Alpha-blend ``other`` over ``source`` (alpha ``HxW`` in [0, 1]); exact where alpha is 0.
 
-
+    Only the pixels with ``alpha > 0`` are computed (a defect is usually a small part of the
+    image); the others are copied from ``source``.
+    """
+    inside = np.flatnonzero(alpha > 0)  # flat pixel indices: np.take is faster than a bool mask
+    a = alpha.reshape(-1)[inside][:, None]
+    channels = 1 if source.ndim == 2 else source.shape[2]
+    mixed = (np.take(source.reshape(-1, channels), inside, axis=0).astype(np.float32) * (1.0 - a)
+             + np.take(other.reshape(-1, channels), inside, axis=0).astype(np.float32) * a)
+    out = np.array(source, order="C")
+    out.reshape(-1, channels)[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out

@@ -25,6 +25,58 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return 6 * t**5 - 15 * t**4 + 10 * t**3
 
 
+def _gradient_angles(scale: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The random gradient directions of a ``(sy + 1) x (sx + 1)`` lattice."""
+    sy, sx = max(1, int(scale[0])), max(1, int(scale[1]))
+    return rng.uniform(0.0, 2.0 * math.pi, size=(sy + 1, sx + 1))
+
+
+def _axis_weights(n: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolation weights of one axis: ``n`` pixels over ``cells`` lattice cells.
+
+    Returns each pixel's lower lattice point ``idx`` and an ``n x 4`` array of weights for its
+    two lattice points: the fades ``1 - f(t)``, ``f(t)`` and the fades times the pixel's offset
+    to each point, ``(1 - f(t)) * t`` and ``f(t) * (t - 1)`` (``t``: offset in its cell).
+    """
+    pos = np.linspace(0, cells, n, endpoint=False)
+    idx = np.floor(pos).astype(np.intp)
+    t = pos - idx
+    u = _fade(t)
+    return idx, np.stack([1.0 - u, u, (1.0 - u) * t, u * (t - 1.0)], axis=1)
+
+
+def _noise(shape: tuple[int, int], angles: np.ndarray) -> np.ndarray:
+    """Perlin noise of ``shape`` on the lattice of gradient ``angles`` (float64).
+
+    Perlin noise is separable. With gradients ``(gy, gx)`` at the lattice points, a pixel's
+    value is the sum over its four lattice points of ``ramp_y * gy * fade_x`` plus
+    ``fade_y * gx * ramp_x``; summing over the x points first gives, per lattice row, two
+    image-wide rows ``a = gy . fade_x`` and ``b = gx . ramp_x``, and each image row is then
+    ``ramp_y0 * a[i] + ramp_y1 * a[i + 1] + fade_y0 * b[i] + fade_y1 * b[i + 1]``: a matrix
+    product of inner size 4 per run of rows in lattice row ``i``, instead of four gathers and
+    dot products per pixel. The values agree with the per-pixel formula to rounding (1e-15).
+    The products are cut into pieces small enough that BLAS runs them on the calling thread.
+    """
+    h, w = shape
+    iy, wy = _axis_weights(h, angles.shape[0] - 1)
+    ix, wx = _axis_weights(w, angles.shape[1] - 1)
+    gy, gx = np.cos(angles), np.sin(angles)
+    a = gy[:, ix] * wx[:, 0] + gy[:, ix + 1] * wx[:, 1]
+    b = gx[:, ix] * wx[:, 2] + gx[:, ix + 1] * wx[:, 3]
+    left = wy[:, [2, 3, 0, 1]]  # ramps with a, fades with b
+    out = np.empty((h, w))
+    step = max(1, 65536 // w)  # OpenBLAS threads products of m * n * k > 4 * 65536
+    starts = np.flatnonzero(np.diff(iy, prepend=-1))
+    for start, end in zip(starts, [*starts[1:], h], strict=True):
+        i = iy[start]
+        right = np.stack([a[i], a[i + 1], b[i], b[i + 1]])
+        for s in range(start, end, step):
+            e = min(s + step, end)
+            np.matmul(left[s:e], right, out=out[s:e])
+    out *= math.sqrt(2.0)
+    return out
+
+
 def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], rng: np.random.Generator
                  ) -> np.ndarray:
     """Perlin noise of ``shape`` with ``scale`` lattice cells per axis, values in about [-1, 1].
@@ -34,25 +86,7 @@ def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], rng: np.random.
         scale: Lattice cells along ``(y, x)``; 1 gives one smooth bump, 32 a fine texture.
         rng: Source of the random gradients.
     """
-    h, w = shape
-    sy, sx = max(1, int(scale[0])), max(1, int(scale[1]))
-    angles = rng.uniform(0.0, 2.0 * math.pi, size=(sy + 1, sx + 1))
-    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    ys = np.linspace(0, sy, h, endpoint=False)
-    xs = np.linspace(0, sx, w, endpoint=False)
-    yi, xi = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    yf, xf = ys - yi, xs - xi
-    yf2, xf2 = np.meshgrid(yf, xf, indexing="ij")
-    yi2, xi2 = np.meshgrid(yi, xi, indexing="ij")
-
-    def dot(dy: int, dx: int) -> np.ndarray:
-        g = grads[yi2 + dy, xi2 + dx]
-        return g[..., 0] * (yf2 - dy) + g[..., 1] * (xf2 - dx)
-
-    u, v = _fade(xf2), _fade(yf2)
-    top = dot(0, 0) * (1 - u) + dot(0, 1) * u
-    bottom = dot(1, 0) * (1 - u) + dot(1, 1) * u
-    return math.sqrt(2.0) * (top * (1 - v) + bottom * v)
+    return _noise(shape, _gradient_angles(scale, rng))
 
 
 def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale: int = 0,
@@ -61,17 +95,20 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale: int
 
     The lattice scale along each axis is ``2**k`` with ``k`` drawn from
     ``[min_scale, max_scale)``; noise above ``threshold`` is defect. Higher thresholds give
-    smaller, sparser blobs.
+    smaller, sparser blobs. With ``rotate``, the noise is turned by a random multiple of 90
+    degrees. The draws from ``rng`` are, in order: the two scales, the lattice gradients, the
+    turn, and, for a non-square image turned by 90 or 270 degrees, the gradients of the
+    transposed lattice (the noise is made for the transposed shape; the first gradients then
+    go unused). Only one noise image is computed.
     """
     sy = 2 ** int(rng.integers(min_scale, max_scale))
     sx = 2 ** int(rng.integers(min_scale, max_scale))
-    noise = perlin_noise(shape, (sy, sx), rng)
-    if rotate:
-        k = int(rng.integers(0, 4))
-        if k % 2 == 1 and shape[0] != shape[1]:
-            noise = np.rot90(perlin_noise(shape[::-1], (sx, sy), rng), k)
-        else:
-            noise = np.rot90(noise, k)
+    angles = _gradient_angles((sy, sx), rng)
+    k = int(rng.integers(0, 4)) if rotate else 0
+    if k % 2 == 1 and shape[0] != shape[1]:
+        noise = np.rot90(_noise((shape[1], shape[0]), _gradient_angles((sx, sy), rng)), k)
+    else:
+        noise = np.rot90(_noise(shape, angles), k)
     return noise > threshold
 
 

@@ -48,14 +48,34 @@ def fit_like(texture: np.ndarray, like: np.ndarray, rng: np.random.Generator) ->
     return to_gray(crop) if like.ndim == 2 else to_rgb(crop)
 
 
+def _ramp_blend(base: int, factor: float) -> np.ndarray:
+    """What ``Image.blend`` makes of every byte value ``v`` blended over the constant ``base``
+    with ``factor`` (a 256-entry table: Pillow blends each byte alone, in every mode)."""
+    ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
+    return np.asarray(Image.blend(Image.new("L", (256, 1), base), ramp, factor)).reshape(256)
+
+
 def jitter(texture: np.ndarray, rng: np.random.Generator, strength: float = 0.3) -> np.ndarray:
-    """Random brightness, contrast and gamma changes (the usual DRAEM/MemSeg perturbations)."""
+    """Random brightness, contrast and gamma changes (the usual DRAEM/MemSeg perturbations).
+
+    The same bytes as Pillow's ``ImageEnhance.Brightness`` then ``ImageEnhance.Contrast``
+    (whose grey level is the mean luminance of the brightened texture) then the gamma curve
+    ``255 * (v / 255) ** gamma`` in float32, applied as one 256-entry lookup table: each step
+    maps byte values to byte values, so only the contrast's mean needs the whole texture.
+    """
     img = Image.fromarray(texture)
-    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(1 - strength, 1 + strength)))
-    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(1 - strength, 1 + strength)))
-    arr = np.asarray(img).astype(np.float32) / 255.0
+    bands = len(img.getbands())
+    bright = _ramp_blend(0, float(rng.uniform(1 - strength, 1 + strength)))
+    if bands == 1:  # its luminance is itself
+        hist = np.bincount(texture.ravel(), minlength=256)
+        total = int(bright.astype(np.int64) @ hist)
+    else:  # Pillow's luminance of the brightened colours
+        hist = np.asarray(img.point(bright.tolist() * bands).convert("L").histogram())
+        total = int(np.arange(256, dtype=np.int64) @ hist)
+    contrast = _ramp_blend(int(total / (img.width * img.height) + 0.5),
+                           float(rng.uniform(1 - strength, 1 + strength)))
     gamma = float(rng.uniform(1 - strength, 1 + strength))
-    return np.clip(np.rint(255.0 * arr**gamma), 0, 255).astype(np.uint8)
+    return _lookup(texture, [_gamma_table(gamma)[contrast][bright]])
 
 
 def structure_texture(image: np.ndarray, rng: np.random.Generator, grid: int = 4) -> np.ndarray:
@@ -104,9 +124,19 @@ def pick_texture(image: np.ndarray, rng: np.random.Generator, files: Sequence[Pa
     raise DiagError(f"unknown texture source '{source}': use auto, folder, donors or structure")
 
 
-def _gamma(arr: np.ndarray, gamma: float) -> np.ndarray:
-    return np.clip(np.rint(255.0 * (arr.astype(np.float32) / 255.0) ** gamma), 0, 255).astype(
-        np.uint8)
+def _gamma_table(gamma: float) -> np.ndarray:
+    """``255 * (v / 255) ** gamma`` in float32, rounded, for every byte value ``v``."""
+    values = np.arange(256, dtype=np.float32) / 255.0
+    return np.clip(np.rint(255.0 * values**gamma), 0, 255).astype(np.uint8)
+
+
+def _lookup(arr: np.ndarray, tables: Sequence[np.ndarray]) -> np.ndarray:
+    """``arr`` (``HxW`` or ``HxWx3``) with each channel's bytes mapped through its 256-entry
+    table (one table for all channels, or one per channel)."""
+    img = Image.fromarray(arr)
+    bands = len(img.getbands())
+    flat = np.concatenate(list(tables) * (bands // len(tables)))
+    return np.array(img.point(flat.tolist()))
 
 
 def _draem_op(arr: np.ndarray, op: str, rng: np.random.Generator) -> np.ndarray:
@@ -114,12 +144,12 @@ def _draem_op(arr: np.ndarray, op: str, rng: np.random.Generator) -> np.ndarray:
     from PIL import ImageOps
 
     if op == "gamma":  # iaa.GammaContrast((0.5, 2.0), per_channel=True)
-        if arr.ndim == 2:
-            return _gamma(arr, float(rng.uniform(0.5, 2.0)))
-        return np.stack([_gamma(arr[..., c], float(rng.uniform(0.5, 2.0))) for c in range(3)], -1)
+        return _lookup(arr, [_gamma_table(float(rng.uniform(0.5, 2.0)))
+                             for _ in range(1 if arr.ndim == 2 else 3)])
     if op == "brightness":  # iaa.MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30))
-        out = arr.astype(np.float32) * float(rng.uniform(0.8, 1.2)) + float(rng.uniform(-30, 30))
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out = (np.arange(256, dtype=np.float32) * float(rng.uniform(0.8, 1.2))
+               + float(rng.uniform(-30, 30)))
+        return _lookup(arr, [np.clip(np.rint(out), 0, 255).astype(np.uint8)])
     img = Image.fromarray(arr)
     if op == "sharpness":  # iaa.pillike.EnhanceSharpness() (factor 0..2)
         return np.asarray(ImageEnhance.Sharpness(img).enhance(float(rng.uniform(0.0, 2.0))))
