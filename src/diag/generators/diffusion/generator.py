@@ -17,6 +17,14 @@ reference's way, :mod:`~diag.generators.diffusion.paper`).
 A sample's image does not depend on which samples share its pipeline call: each has its own
 seeded noise, and samples with and without a negative prompt never share a call (SDXL encodes
 a missing negative prompt as zeros, an empty one as text).
+
+Speed and memory (:class:`DiffusionConfig`; ``benchmarks/bench_sdxl.py`` measures them): the
+prompts are encoded once and their embeddings reused (``prompt_cache``, on by default: same
+images); ``batch_size``, ``dtype: bfloat16``, ``compile`` and ``channels_last`` are opt-in
+speed-ups; ``low_vram`` trades speed for GPU memory; ``window_sizes`` paints small defects at
+a smaller model side. Every sample's ``info`` records ``peak_gpu_memory_mib`` (the call's
+``torch.cuda.max_memory_allocated``; null off CUDA) and, with ``resize: crop``,
+``model_side``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,16 @@ from diag.errors import DiagError
 from diag.generators.base import Generator, Request, Result, register
 from diag.generators.diffusion import paper
 from diag.generators.diffusion.pipeline import DEFAULT_MODEL, load_pipeline, model_revision
-from diag.generators.diffusion.window import crop_for_model, paste_back, paste_mask, plan_window
+from diag.generators.diffusion.window import choose_window, crop_for_model, paste_back, paste_mask
 
 RESIZE_MODES = ("crop", "paper")
+ATTENTION_MODES = ("auto", "sdpa", "sliced")
+PROMPT_CACHE_SIZE = 32  # distinct calls' prompt lists kept (the oldest goes first)
+EMBEDDING_NAMES = {  # what encode_prompt returns, by its length, as __call__ keywords
+    4: ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds"),  # SDXL
+    2: ("prompt_embeds", "negative_prompt_embeds"),  # SD 1.x / 2.x
+}
 
 
 @dataclass
@@ -45,7 +60,9 @@ class DiffusionConfig:
         variant: Weight files to load: ``auto`` (``fp16`` when running in float16 on a GPU,
             as the reference, where the repository has them), ``null`` (full precision files)
             or a variant name.
-        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``float16``, ``bfloat16`` or ``float32``.
+        dtype: ``auto`` (fp16 on CUDA, as the reference; fp32 on CPU), ``float16``,
+            ``bfloat16`` (same speed as fp16 on recent GPUs, no overflow, and the VAE needs no
+            fp32 upcast) or ``float32``.
         steps: Denoising steps (reference: 30).
         guidance_scale: Classifier-free guidance; higher follows the prompt harder (ref: 20).
         strength: How much of the region is re-noised, 0..1 (reference: 0.99).
@@ -64,7 +81,31 @@ class DiffusionConfig:
         feather: Soft edge of this many pixels outside the region when pasting back.
         scheduler: Replace the scheduler by this diffusers class name (e.g.
             ``DPMSolverMultistepScheduler``); default keeps the model's (reference).
-        low_vram: Offload idle sub-models to the CPU and decode the VAE in tiles/slices.
+        low_vram: On CUDA: model CPU offload (idle sub-models wait in CPU memory), VAE
+            slicing and tiling, and (with ``attention: auto``) attention slicing: SDXL runs
+            in a few GB of GPU memory, more slowly. Ignored, with a one-line warning, on CPU.
+        attention: ``auto`` (``sliced`` with ``low_vram`` on CUDA, else ``sdpa``), ``sdpa``
+            (PyTorch's scaled-dot-product attention, diffusers' ``AttnProcessor2_0``, on every
+            attention layer of the UNet and the VAE: what diffusers uses by default) or
+            ``sliced`` (attention computed in slices: less memory, slower).
+        compile: ``torch.compile`` the UNet (default false). The first call at each model
+            size compiles (a minute or more), later calls run faster; worth it on a GPU for
+            runs of hundreds of images at one or few model sizes. Needs a C/C++ compiler.
+        channels_last: Keep UNet and VAE weights in channels-last (NHWC) memory layout
+            (default false): faster convolutions on recent GPUs, above all with ``compile``.
+            Images may differ from the default layout's in the last bits.
+        prompt_cache: Encode the prompts once and pass the stored embeddings to every later
+            call with the same prompts (default true): the text encoders run once per
+            (prompt, negative prompt) pair with ``batch_size: 1``, once per distinct list of
+            pairs in a call otherwise (32 lists kept). Byte-identical images to encoding
+            them in every call (which batched text encoding would not give if each pair were
+            encoded alone: float sums differ in the last bit).
+        window_sizes: ``crop``: model sides to choose from per sample, e.g.
+            ``[1024, 768, 512]`` for SDXL: each sample is painted at the smallest side whose
+            model input has at least as many pixels as its window of the source (small
+            defects go faster, and the model never sees less than the source's detail), else
+            at the largest. Default null: always ``resolution`` (the model's own side). The
+            manifest's ``info.model_side`` records the side used. ``paper`` ignores it.
         local_files_only: Never touch the network; load from the local folder or HF cache.
         batch_size: ``crop``: samples per pipeline call (those sharing a model input size and
             whether they have a negative prompt). ``paper`` calls one sample at a time, since
@@ -90,6 +131,11 @@ class DiffusionConfig:
     low_vram: bool = False
     local_files_only: bool = False
     batch_size: int = 1
+    attention: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    prompt_cache: bool = True
+    window_sizes: list[int] | None = None
 
     def validate(self, source: str, prefix: str) -> None:
         if self.resize not in RESIZE_MODES:
@@ -116,6 +162,17 @@ class DiffusionConfig:
             raise DiagError(f"{source}: {prefix}batch_size must be >= 1")
         if self.context < 0 or self.dilate < 0 or self.feather < 0:
             raise DiagError(f"{source}: {prefix}context, dilate and feather must be >= 0")
+        if self.attention not in ATTENTION_MODES:
+            raise DiagError(f"{source}: {prefix}attention is '{self.attention}', expected auto, "
+                            "sdpa or sliced")
+        if self.window_sizes is not None:
+            if not self.window_sizes:
+                raise DiagError(f"{source}: {prefix}window_sizes is empty: list model sides "
+                                "such as [1024, 768, 512], or null for the model's own")
+            bad = [s for s in self.window_sizes if s < 64 or s % 8]
+            if bad:
+                raise DiagError(f"{source}: {prefix}window_sizes must hold multiples of 8, at "
+                                f"least 64 (got {bad[0]})")
 
 
 @register
@@ -132,6 +189,8 @@ class DiffusionGenerator(Generator):
         self.revision = model_revision(self.pipe, config)
         unet_size = getattr(getattr(self.pipe, "unet", None), "config", {}).get("sample_size", 128)
         self.native = int(unet_size) * int(getattr(self.pipe, "vae_scale_factor", 8))
+        self._embeddings: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._can_cache = config.prompt_cache and _encodes_prompts(self.pipe)
 
     @property
     def resolution(self) -> int:
@@ -159,9 +218,11 @@ class DiffusionGenerator(Generator):
         return self._crop(requests)
 
     def _call(self, requests: Sequence[Request], images: list[Any], masks: list[Any],
-              size: tuple[int, int], **extra: Any) -> list[Any]:
+              size: tuple[int, int], **extra: Any) -> tuple[list[Any], float | None]:
         """One pipeline call; every request has its own seeded generator. The negative prompt
-        is None when no request has one (SDXL then uses zeros), else one string each."""
+        is None when no request has one (SDXL then uses zeros), else one string each; with
+        ``prompt_cache`` their embeddings are passed instead. Returns the images and
+        the peak GPU memory of the call in MiB (None off CUDA)."""
         import torch
 
         c = self.config
@@ -173,38 +234,74 @@ class DiffusionGenerator(Generator):
         def one(values: list[Any]) -> Any:  # a lone sample is passed as the reference does
             return values[0] if len(values) == 1 else values
 
+        cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        text = {"prompt": one([r.prompt for r in requests]),
+                "negative_prompt": one(negatives) if all(negatives) else None}
         with torch.inference_mode():
-            return self.pipe(
-                prompt=one([r.prompt for r in requests]),
-                negative_prompt=one(negatives) if all(negatives) else None,
-                image=one(images), mask_image=one(masks), generator=one(seeds),
+            if self._can_cache:
+                text = self._cached_embeddings(text) or text
+            images = self.pipe(
+                **text, image=one(images), mask_image=one(masks), generator=one(seeds),
                 height=size[0], width=size[1], num_inference_steps=c.steps,
                 guidance_scale=c.guidance_scale, strength=c.strength, **extra,
             ).images
+        peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1) if cuda
+                else None)
+        return images, peak
+
+    def _cached_embeddings(self, text: dict[str, Any]) -> dict[str, Any] | None:
+        """The embeddings of a call's prompts (``text``: the ``prompt`` and ``negative_prompt``
+        keywords), encoded by the pipeline's own ``encode_prompt`` exactly as its ``__call__``
+        would (so the images are byte-identical) the first time these prompts come, and taken
+        from the cache afterwards. None (and no caching from then on) when ``encode_prompt``
+        returns something else than the SD or SDXL pipelines'."""
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in text.values())
+        if key not in self._embeddings:
+            pipe = self.pipe
+            guidance = (self.config.guidance_scale > 1
+                        and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None)
+            out = pipe.encode_prompt(prompt=text["prompt"], device=pipe._execution_device,
+                                     num_images_per_prompt=1,
+                                     do_classifier_free_guidance=guidance,
+                                     negative_prompt=text["negative_prompt"])
+            names = EMBEDDING_NAMES.get(len(out)) if isinstance(out, tuple) else None
+            if names is None:
+                self._can_cache = False
+                return None
+            if len(self._embeddings) >= PROMPT_CACHE_SIZE:
+                self._embeddings.pop(next(iter(self._embeddings)))
+            self._embeddings[key] = {n: t for n, t in zip(names, out, strict=True)
+                                     if t is not None}
+        return self._embeddings[key]
 
     def _crop(self, requests: Sequence[Request]) -> list[Result]:
         c = self.config
         prepared = []
+        sides = c.window_sizes or [self.resolution]
         for r in requests:
             alpha = paste_mask(r.region, c.dilate, c.feather)
-            window = plan_window(alpha > 0, self.resolution, c.context, c.min_window)
-            prepared.append((alpha, window, *crop_for_model(r.image, alpha > 0, window)))
+            window, side = choose_window(alpha > 0, sides, c.context, c.min_window)
+            prepared.append((alpha, window, *crop_for_model(r.image, alpha > 0, window), side))
         results: list[Result | None] = [None] * len(requests)
         groups: dict[tuple[tuple[int, int], bool], list[int]] = {}
-        for i, (_, window, _, _) in enumerate(prepared):
+        for i, (_, window, _, _, _) in enumerate(prepared):
             groups.setdefault((window.size, bool(requests[i].negative_prompt)), []).append(i)
         for (size, _), members in groups.items():
             for k in range(0, len(members), self.batch_size):
                 chunk = members[k:k + self.batch_size]
                 start = time.perf_counter()
-                outputs = self._call([requests[i] for i in chunk], [prepared[i][2] for i in chunk],
-                                     [prepared[i][3] for i in chunk], size)
+                outputs, peak = self._call([requests[i] for i in chunk],
+                                           [prepared[i][2] for i in chunk],
+                                           [prepared[i][3] for i in chunk], size)
                 seconds = (time.perf_counter() - start) / len(chunk)
                 for i, out in zip(chunk, outputs, strict=True):
-                    alpha, window = prepared[i][0], prepared[i][1]
+                    alpha, window, side = prepared[i][0], prepared[i][1], prepared[i][4]
                     info = {"resize": "crop", "crop_box": list(window.box),
-                            "model_size": list(window.size), "batch": len(chunk),
-                            "inference_seconds": round(seconds, 3)}
+                            "model_size": list(window.size), "model_side": side,
+                            "batch": len(chunk), "inference_seconds": round(seconds, 3),
+                            "peak_gpu_memory_mib": peak}
                     results[i] = Result(paste_back(requests[i].image, out, window, alpha),
                                         alpha > 0, info)
         return [r for r in results if r is not None]
@@ -223,9 +320,28 @@ class DiffusionGenerator(Generator):
             extra["padding_mask_crop"] = c.padding_mask_crop
             info["model_crop_box"] = list(paper.model_crop_box(mask, side, c.padding_mask_crop))
         start = time.perf_counter()
-        output = self._call([request], [image], [mask], (side, side), **extra)[0]
-        info.update(batch=1, inference_seconds=round(time.perf_counter() - start, 3))
+        outputs, peak = self._call([request], [image], [mask], (side, side), **extra)
+        output = outputs[0]
+        info.update(batch=1, inference_seconds=round(time.perf_counter() - start, 3),
+                    peak_gpu_memory_mib=peak)
         out, background = paper.compose_back(request.image, output, alpha, c.paper_overlay)
         info["background"] = background
         return Result(out, alpha > 0, info, background)
 
+
+def _encodes_prompts(pipe: Any) -> bool:
+    """Whether ``pipe`` encodes prompts as :meth:`DiffusionGenerator._cached_embeddings` calls
+    it (the SD and SDXL pipelines' ``encode_prompt``) and takes the embeddings back in
+    ``__call__``."""
+    import inspect
+
+    encode = getattr(pipe, "encode_prompt", None)
+    if encode is None or not callable(pipe):
+        return False
+    try:
+        takes = set(inspect.signature(encode).parameters)
+        call = set(inspect.signature(pipe.__call__).parameters)
+    except (TypeError, ValueError):
+        return False
+    return ({"prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance",
+             "negative_prompt"} <= takes and {"prompt_embeds", "negative_prompt_embeds"} <= call)

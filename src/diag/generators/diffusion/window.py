@@ -15,6 +15,7 @@ code's way, is in :mod:`diag.generators.diffusion.paper`; docs/generate.md compa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,32 @@ def plan_window(mask: np.ndarray, resolution: int, context: float = 1.0, min_siz
     else:
         t, b = _grow(t, b, int(round(cw * mh / mw)), h)
     return Window((t, b, l, r), (mh, mw))
+
+
+def choose_window(mask: np.ndarray, sizes: Sequence[int], context: float = 1.0,
+                  min_size: int = 64) -> tuple[Window, int]:
+    """Plan the window at the smallest model side of ``sizes`` that does not shrink the crop.
+
+    A window is planned at each side (smallest first, see :func:`plan_window`); the first whose
+    model input has at least as many pixels as its crop of the source is taken, so the model
+    never sees the defect at less than the source's resolution, and small defects are painted
+    at a smaller, faster size. When every side would shrink the crop, the largest is used.
+    One side gives :func:`plan_window` at that side. Returns the window and the side.
+
+    >>> mask = np.zeros((256, 640), bool); mask[100:110, 300:320] = True
+    >>> w, side = choose_window(mask, [1024, 768, 512])
+    >>> side, w.crop_shape, w.size
+    (512, (64, 64), (512, 512))
+    """
+    ordered = sorted(set(int(s) for s in sizes))
+    if not ordered:
+        raise ValueError("choose_window needs at least one model side")
+    for side in ordered:
+        window = plan_window(mask, side, context, min_size)
+        ch, cw = window.crop_shape
+        if window.size[0] * window.size[1] >= ch * cw:
+            return window, side
+    return window, ordered[-1]
 
 
 def crop_for_model(image: np.ndarray, mask: np.ndarray, window: Window
