@@ -53,6 +53,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the bundled example."""
+    root = tmp_path_factory.mktemp("clean") / "magnetic_tile"
+    shutil.copytree(REPO / "examples" / "magnetic_tile", root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled example plus one unreadable defect-free image (its header is whole, its
     pixels cut off) in the training split."""
     root = tmp_path_factory.mktemp("data") / "magnetic_tile"
@@ -103,6 +111,13 @@ def _message(page) -> str:
     text = page.inner_text("#message-text")
     page.click("#message-close")
     return text
+
+
+def _wait_candidates(page, n: int) -> None:
+    """Wait for ``n`` candidate cards, failing at once with the page's message if one shows."""
+    page.wait_for_function(f"() => document.querySelectorAll('.candidate').length == {n} || "
+                           "!document.querySelector('#message').hidden", timeout=300_000)
+    assert page.locator(".candidate").count() == n, page.inner_text("#message-text")
 
 
 def _paint(page) -> tuple[float, float, float, float]:
@@ -173,8 +188,7 @@ def test_ui_end_to_end(browser, data: Path, tiny_model: Path, tmp_path: Path, cl
         assert page.input_value("#gen-kind") == "memseg"
         _set_field(page, "#preview-n", "2")
         page.click("#preview")
-        page.wait_for_function("() => document.querySelectorAll('.candidate').length == 2",
-                               timeout=180_000)
+        _wait_candidates(page, 2)
         page.select_option("#gen-kind", "diffusion")
         page.dispatch_event("#gen-kind", "change")
         _set_field(page, "#gen-model", str(tiny_model))
@@ -182,9 +196,7 @@ def test_ui_end_to_end(browser, data: Path, tiny_model: Path, tmp_path: Path, cl
         _set_field(page, "#gen-guidance", "5")
         _set_field(page, "#gen-strength", "0.99")
         page.click("#preview")
-        page.wait_for_function("() => document.querySelectorAll('.candidate').length == 4",
-                               timeout=300_000)
-        assert not page.locator("#message:not([hidden])").count(), page.inner_text("#message")
+        _wait_candidates(page, 4)
 
         # a memseg candidate cannot be accepted under the diffusion settings: said in the page
         page.locator(".candidate").nth(3).locator(".accept").click()
@@ -246,12 +258,6 @@ def test_ui_end_to_end(browser, data: Path, tiny_model: Path, tmp_path: Path, cl
         # the batch's samples were planned over the old regions: a rerun says so
         page.click("#run-batch")
         assert "changed since its samples were made" in _message(page)
-        page.fill("#filter", "zz_broken")
-        page.wait_for_function("() => document.querySelectorAll('#thumbs .thumb').length == 1")
-        page.locator("#thumbs .thumb").first.click()
-        text = _message(page)
-        assert "zz_broken" in text and "Traceback" not in text
-        page.fill("#filter", "")
         _set_field(page, "#gen-model", str(tmp_path / "no-such-model"))
         page.locator("#thumbs .thumb").first.click()
         page.wait_for_timeout(300)
@@ -287,6 +293,24 @@ def test_ui_end_to_end(browser, data: Path, tiny_model: Path, tmp_path: Path, cl
     assert code == 0, err
     for name in (pick["image"], pick["mask"]):
         assert (again / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_unreadable_image_is_a_message(browser, broken: Path, tmp_path: Path) -> None:
+    server = Server("--data", str(broken), "--layout", "magnetic-tile", "--out",
+                    str(tmp_path / "ui"))
+    try:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.fill("#filter", "zz_broken")
+        page.wait_for_function("() => document.querySelectorAll('#thumbs .thumb').length == 1")
+        page.wait_for_selector("#thumbs .thumb.broken")  # its thumbnail says so
+        page.locator("#thumbs .thumb").first.click()
+        text = _message(page)
+        assert "zz_broken" in text and "corrupt" in text and "Traceback" not in text
+        assert server.get("/api/state")[0] == 200
+    finally:
+        server.stop()
 
 
 def test_refuses_paths_outside_its_folders(data: Path, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from diag.generate.integrity import (
     write_inputs,
 )
 from diag.generate.plan import PlanItem, iter_plan, plan_index, shard_of
-from diag.generate.sample import Inputs, generate_chunk, load_inputs
+from diag.generate.sample import Inputs, Made, generate_chunk, load_inputs
 from diag.generate.spec import Spec
 from diag.generators.base import Generator, make_generator
 from diag.imageio import write_image, write_mask
@@ -455,39 +455,82 @@ def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: In
     with ManifestWriter(manifest_path) as manifest, tqdm(
             total=total, desc=f"generate {spec.generator.kind}", unit="img",
             disable=None if progress is None else not progress) as bar:
-        t_start = t_log = time.perf_counter()
-        while chunk := list(itertools.islice(todo, gen.batch_size)):
-            t0 = time.perf_counter()
-            made = generate_chunk(gen, chunk, inputs)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for item, m in zip(chunk, made, strict=True):
-                t1 = time.perf_counter()
-                write_image(out / "images" / f"{item.id}.png", m.image)
-                write_mask(out / "masks" / f"{item.id}.png", m.mask)
-                record = {
-                    "id": item.id, "index": item.index,
-                    "image": f"images/{item.id}.png", "mask": f"masks/{item.id}.png",
-                    "source": str(item.source.path), "source_id": item.source.id,
-                    "defect": item.defect, "prompt": item.prompt,
-                    "negative_prompt": item.negative_prompt, "seed": item.seed,
-                    "spec_seed": spec.seed, **identity, "params": params,
-                    "size": list(m.image.shape[:2]), "mask_pixels": int(m.mask.sum()),
-                    **m.record, "device": dev, "threads": threads,
-                    "seconds": round(seconds + time.perf_counter() - t1, 4),
-                    "versions": versions,
-                }
-                manifest.append(record)
-                records.append(record)
-                if on_sample:
-                    on_sample(record)
-                bar.update(1)
-                now = time.perf_counter()
-                if now - t_log >= LOG_EVERY:
-                    t_log, rate = now, (now - t_start) / len(records)
-                    log(f"generated {len(records)}/{total} ({rate:.2f} s/image, about "
-                        f"{rate * (total - len(records)) / 60:.0f} min left)",
-                        echo=bar.disable and progress is not False)  # no terminal: on stderr
+        t_start, t_log = time.perf_counter(), [time.perf_counter()]
+
+        def save(item: PlanItem, m: Made, record: dict[str, Any]) -> None:
+            """Files first, then the manifest line: a sample is recorded once it is whole."""
+            write_image(out / "images" / f"{item.id}.png", m.image)
+            write_mask(out / "masks" / f"{item.id}.png", m.mask)
+            manifest.append(record)
+            records.append(record)
+            if on_sample:
+                on_sample(record)
+            bar.update(1)
+            now = time.perf_counter()
+            if now - t_log[0] >= LOG_EVERY:
+                t_log[0], rate = now, (now - t_start) / len(records)
+                log(f"generated {len(records)}/{total} ({rate:.2f} s/image, about "
+                    f"{rate * (total - len(records)) / 60:.0f} min left)",
+                    echo=bar.disable and progress is not False)  # no terminal: on stderr
+
+        with Writer() as writer:
+            while chunk := list(itertools.islice(todo, gen.batch_size)):
+                t0 = time.perf_counter()
+                made = generate_chunk(gen, chunk, inputs)
+                seconds = round((time.perf_counter() - t0) / len(chunk), 4)
+                for item, m in zip(chunk, made, strict=True):
+                    record = {
+                        "id": item.id, "index": item.index,
+                        "image": f"images/{item.id}.png", "mask": f"masks/{item.id}.png",
+                        "source": str(item.source.path), "source_id": item.source.id,
+                        "defect": item.defect, "prompt": item.prompt,
+                        "negative_prompt": item.negative_prompt, "seed": item.seed,
+                        "spec_seed": spec.seed, **identity, "params": params,
+                        "size": list(m.image.shape[:2]), "mask_pixels": int(m.mask.sum()),
+                        **m.record, "device": dev, "threads": threads, "seconds": seconds,
+                        "versions": versions,
+                    }
+                    writer.put(save, item, m, record)
     return records
+
+
+class Writer:
+    """Saves finished samples on one background thread, in order, so the generator never
+    waits for PNG encoding or the disk; at most ``depth`` samples wait. A write error stops
+    the run at the next sample; leaving the ``with`` block (normally, on an error or Ctrl-C)
+    first finishes the samples already handed over, which are whole."""
+
+    def __init__(self, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self.queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
+            queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="diag-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    job[0](*job[1])
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                    self.error = exc
+
+    def put(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((fn, args))
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 def _torch_threads() -> int:

@@ -1,0 +1,95 @@
+"""The web tool's session without a browser: starting from a spec, editing it, loading and
+saving YAML, regions, previews and accepts through the same code the page calls."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from diag.errors import DiagError
+from diag.imageio import read_mask
+from diag.ui.session import Job, Session
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png(mask: np.ndarray) -> bytes:
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[mask] = (255, 32, 32, 255)
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_starts_from_a_spec_and_keeps_its_regions(tmp_path: Path) -> None:
+    s = Session(tmp_path / "ui", spec_path=REPO / "examples" / "magnetic_tile.yaml")
+    view = s.view_spec()
+    assert [d["name"] for d in view["defects"]] == ["crack", "blowhole"]
+    assert {d["region_kind"] for d in view["defects"]} == {"real-masks"}
+    assert s.data == (REPO / "examples" / "magnetic_tile").resolve()
+    # the page switches one type to painted regions and memseg
+    page = {"defects": [{**d, "region_kind": "painted" if d["name"] == "crack" else
+                         d["region_kind"]} for d in view["defects"]],
+            "generator": {"kind": "memseg"}}
+    view = s.update_spec(page)
+    crack = view["defects"][0]
+    assert crack["regions"] == {"source": "drawn", "path": str(tmp_path / "ui" / "regions" /
+                                                                 "crack"), "mode": "as-is"}
+    assert view["generator"]["kind"] == "memseg"
+    assert "kind: memseg" in s.spec_yaml()
+
+
+def test_bad_edits_are_one_line_and_keep_the_page(tmp_path: Path) -> None:
+    s = Session(tmp_path / "ui", data=REPO / "examples" / "magnetic_tile", layout="magnetic-tile")
+    with pytest.raises(DiagError, match="must be letters, digits"):
+        s.update_spec({"defects": [{"name": "a b", "region_kind": "painted",
+                                    "region_set": "ab"}]})
+    with pytest.raises(DiagError, match="region set '../x'"):
+        s.update_spec({"defects": [{"name": "a", "region_kind": "painted",
+                                    "region_set": "../x"}]})
+    with pytest.raises(DiagError, match="not valid YAML"):
+        s.load_spec_text("dataset: [")
+    outside = yaml.safe_dump({"dataset": {"root": str(tmp_path), "layout": "folder"},
+                              "defects": [{"name": "a"}], "generator": {"kind": "memseg"}})
+    with pytest.raises(DiagError, match="outside the data folder this page serves"):
+        s.load_spec_text(outside)
+    assert s.view_spec()["dataset"]["root"] == str((REPO / "examples" / "magnetic_tile").resolve())
+
+
+def test_region_preview_accept_and_save(tmp_path: Path) -> None:
+    out = tmp_path / "ui"
+    s = Session(out, data=REPO / "examples" / "magnetic_tile", layout="magnetic-tile")
+    s.update_spec({"defects": [{"name": "crack", "prompt": "a crack", "count": 0,
+                                "region_kind": "painted", "region_set": "crack"}],
+                   "generator": {"kind": "memseg"}})
+    image = s.samples()["negatives"][0]
+    with pytest.raises(DiagError, match="no region painted for 'crack'"):
+        s.preview(Job("j", "preview"), "crack", image.id, 1)
+    h, w = image.size
+    mask = np.zeros((h, w), bool)
+    mask[10:40, 20:60] = True
+    with pytest.raises(DiagError, match="is 5x5 but the image is"):
+        s.save_region("crack", image.id, _png(np.ones((5, 5), bool)))
+    assert s.save_region("crack", image.id, _png(mask)) == int(mask.sum())
+    assert np.array_equal(read_mask(out / "regions" / "crack" / f"{image.path.stem}.png"), mask)
+    cands = s.preview(Job("j", "preview"), "crack", image.id, seeds=[3, 4])
+    assert [c["seed"] for c in cands] == [3, 4]
+    result = s.accept(Job("a", "accept"), cands[1]["id"])
+    assert result["id"] == "crack_p00000" and result["same_as_preview"]
+    with pytest.raises(DiagError, match="already accepted"):
+        s.accept(Job("a", "accept"), cands[1]["id"])
+    s.reject(cands[0]["id"])
+    assert s.save_spec() == out / "spec.yaml"
+    saved = yaml.safe_load((out / "spec.yaml").read_text())
+    assert saved["defects"][0]["picks"] == [{"image": image.id, "seed": 4}]
+    # a spec that would remake the accepted sample differently is refused on save
+    s.update_spec({"defects": [{"name": "crack", "prompt": "another", "count": 0,
+                                "region_kind": "real-masks", "region_set": "crack"}],
+                   "generator": {"kind": "memseg"}})
+    with pytest.raises(DiagError, match="holds samples of a different spec"):
+        s.save_spec()
