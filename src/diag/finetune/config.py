@@ -1,0 +1,222 @@
+"""The fine-tuning config: a YAML file turned into a validated :class:`Config`.
+
+Example (``docs/finetune.md``)::
+
+    model: stable-diffusion-v1-5/stable-diffusion-v1-5
+    dataset: {root: examples/magnetic_tile, layout: magnetic-tile, split: train}
+    item: magnetic tile          # instance prompt "sks magnetic tile", class prompt "magnetic tile"
+    num_class_images: 200
+    epochs: 50
+
+>>> cfg = parse_config({"dataset": {"root": "d"}, "item": "tile"}, ["rank=8"])
+>>> cfg.rank, cfg.instance_prompt, cfg.class_prompt
+(8, 'sks tile', 'tile')
+
+Defaults are the In&Out reference's (Capogrosso et al., VISAPP 2024: kohya LoRA, dim 32,
+alpha 16, conv dim 4, conv alpha 1, lr 1e-5, cosine with 3 restarts, min-SNR gamma 5,
+batch 12, 50 epochs, seed 1234, 512 px), done the diffusers / peft way.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diag.config import apply_overrides, from_dict, load_yaml, to_dict
+from diag.data.ref import DatasetRef
+from diag.errors import DiagError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+# Fields that may change between a run and its resumption: they do not change what is trained.
+RUN_FIELDS = ("max_steps", "checkpoint_every", "log_every", "device", "class_batch_size",
+              "threads")
+
+
+@dataclass
+class Config:
+    """What ``diag finetune`` trains, on what, and how.
+
+    Attributes:
+        model: Base text-to-image pipeline: hub id or local diffusers folder (Stable Diffusion
+            1.x / 2.x architecture: one text encoder, a UNet2DConditionModel).
+        dataset: The real dataset; its defective images (label 1) of ``split: train`` are the
+            instance images. ``test`` and ``all`` are refused (test images are never read).
+        instance_limit: Use only the first this many instance images (by id); null: all.
+        item: What the images show, e.g. ``magnetic tile``: the class prompt.
+        token: The rare token naming this item's defects: instance prompt ``"<token> <item>"``.
+        instance_prompt: Override of the instance prompt (default: ``"<token> <item>"``).
+        class_prompt: Override of the class prompt (default: ``item``).
+        prior_preservation: Train on class images too (DreamBooth's prior preservation loss).
+        num_class_images: Class images the base model generates (once, cached in
+            ``OUT/class_images``).
+        class_steps: Inference steps per class image.
+        class_guidance: Classifier-free guidance scale of the class images.
+        class_batch_size: Class images generated per pipeline call.
+        prior_loss_weight: Weight of the prior (class image) loss.
+        rank: LoRA rank of the UNet attention projections (to_q, to_k, to_v, to_out.0).
+        alpha: Their LoRA alpha (scale alpha / rank).
+        conv_rank: LoRA rank of the UNet's convolutions (ResNet conv1 / conv2 / shortcut,
+            down- and up-samplers); 0: no convolution LoRA.
+        conv_alpha: Their LoRA alpha.
+        lr: AdamW learning rate of the LoRA weights.
+        weight_decay: AdamW weight decay.
+        lr_scheduler: diffusers ``get_scheduler`` name.
+        lr_cycles: Cycles of ``cosine_with_restarts``.
+        lr_warmup_steps: Warm-up steps.
+        max_grad_norm: Gradient clipping norm (0: none).
+        min_snr_gamma: Min-SNR loss weighting gamma (0: off).
+        noise_offset: Noise offset (0: off).
+        batch_size: Instance images per step (each paired with a class image).
+        epochs: Passes over the instance images; the schedule's length is epochs x steps per
+            epoch.
+        max_steps: Stop after this many steps in all (null: run every epoch); raise it and
+            rerun to continue the same run.
+        resolution: Square training (and class image) size in pixels, a multiple of 8.
+        center_crop: Centre-crop to a square after resizing the shorter side (false: resize
+            the whole image to a square).
+        random_flip: Flip instance images horizontally at random.
+        mixed_precision: auto (fp16 on CUDA, full precision on CPU), no, fp16 or bf16.
+        gradient_checkpointing: auto (on GPU), true or false.
+        seed: Seed of the LoRA init, data order, noise, timesteps and class images.
+        device: auto, cpu, cuda or cuda:N.
+        checkpoint_every: Save a resumable checkpoint every this many steps (and at the end).
+        log_every: Seconds between log lines when stderr is not a terminal.
+        threads: torch CPU threads (0: torch's default, one per core). On a busy shared
+            machine 1 can be many times faster than 2.
+    """
+
+    model: str = DEFAULT_MODEL
+    dataset: DatasetRef | None = None
+    instance_limit: int | None = None
+    item: str = ""
+    token: str = "sks"
+    instance_prompt: str | None = None
+    class_prompt: str | None = None
+    prior_preservation: bool = True
+    num_class_images: int = 200
+    class_steps: int = 50
+    class_guidance: float = 7.5
+    class_batch_size: int = 4
+    prior_loss_weight: float = 1.0
+    rank: int = 32
+    alpha: float = 16.0
+    conv_rank: int = 4
+    conv_alpha: float = 1.0
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    lr_scheduler: str = "cosine_with_restarts"
+    lr_cycles: int = 3
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    min_snr_gamma: float = 5.0
+    noise_offset: float = 0.0
+    batch_size: int = 12
+    epochs: int = 50
+    max_steps: int | None = None
+    resolution: int = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool | str = "auto"
+    seed: int = 1234
+    device: str = "auto"
+    checkpoint_every: int = 500
+    log_every: float = 10.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.instance_prompt is None and self.item.strip():
+            self.instance_prompt = f"{self.token} {self.item}".strip()
+        if self.class_prompt is None and self.item.strip():
+            self.class_prompt = self.item
+
+    def validate(self, source: str, prefix: str) -> None:
+        def bad(name: str, why: str) -> DiagError:
+            return DiagError(f"{source}: {prefix}{name} {why}")
+
+        if self.dataset is None:
+            raise bad("dataset", "is missing: set dataset.root (and layout) to the real dataset; "
+                                 "its training split's defective images are the instance images")
+        if self.dataset.split != "train":
+            raise bad("dataset.split", f"is '{self.dataset.split}': fine-tuning reads the "
+                      "training split only (test images must stay unseen): set dataset.split: train")
+        if not self.item.strip():
+            raise bad("item", "is missing: set it to what the images show, e.g. item: magnetic tile")
+        if not self.model.strip():
+            raise bad("model", f"is empty: give a hub id (e.g. {DEFAULT_MODEL}) or a folder")
+        if self.instance_limit is not None and self.instance_limit < 1:
+            raise bad("instance_limit", f"must be >= 1 or null (all), got {self.instance_limit}")
+        for name in ("num_class_images", "conv_rank", "lr_warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("rank", "batch_size", "epochs", "class_steps", "class_batch_size",
+                     "checkpoint_every", "lr_cycles"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "alpha"):
+            if getattr(self, name) <= 0:
+                raise bad(name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "prior_loss_weight", "max_grad_norm", "min_snr_gamma",
+                     "noise_offset", "conv_alpha", "log_every"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", f"must be >= 1 or null (all epochs), got {self.max_steps}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise bad("resolution", f"must be a positive multiple of 8, got {self.resolution}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise bad("lr_scheduler", f"is '{self.lr_scheduler}', expected one of "
+                                      f"{', '.join(SCHEDULERS)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise bad("mixed_precision", f"is '{self.mixed_precision}', expected one of "
+                                         f"{', '.join(PRECISIONS)}")
+        if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
+            raise bad("gradient_checkpointing", f"is '{self.gradient_checkpointing}', expected "
+                                                "auto, true or false")
+        if self.prior_preservation and self.num_class_images < 1:
+            raise bad("num_class_images", "must be >= 1 with prior_preservation: true (or set "
+                                          "prior_preservation: false)")
+
+
+def parse_config(data: dict[str, Any], overrides: list[str] | None = None,
+                 source: str = "config", base: Path | None = None) -> Config:
+    """Validate a config dict (after ``--set`` overrides); resolve paths against ``base``."""
+    data = apply_overrides(copy.deepcopy(data), overrides)
+    cfg = from_dict(Config, data, source)
+    if base is not None and cfg.dataset is not None:
+        cfg.dataset.root = _resolve(cfg.dataset.root, base)
+        if cfg.dataset.split_file:
+            cfg.dataset.split_file = _resolve(cfg.dataset.split_file, base)
+        local = Path(cfg.model).expanduser()
+        if cfg.model.startswith((".", "~")) or (not local.is_absolute() and (base / local).is_dir()):
+            cfg.model = _resolve(cfg.model, base)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read and validate a fine-tuning config file (relative paths: against its folder)."""
+    path = Path(path)
+    return parse_config(load_yaml(path), overrides, f"config '{path}'", path.parent)
+
+
+def _resolve(p: str, base: Path) -> str:
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data (for finetune.json and the run identity)."""
+    return to_dict(cfg)
+
+
+def identity(cfg: Config) -> dict[str, Any]:
+    """The fields that define the run: a rerun with other values is another run."""
+    data = config_dict(cfg)
+    for name in RUN_FIELDS:
+        data.pop(name, None)
+    return data

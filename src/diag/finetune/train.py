@@ -1,0 +1,467 @@
+"""DreamBooth + LoRA fine-tuning, the diffusers / peft way (as diffusers'
+``train_dreambooth_lora.py``), with the In&Out reference's settings.
+
+The UNet gets peft LoRA layers on its attention projections (``rank`` / ``alpha``) and on its
+convolutions (``conv_rank`` / ``conv_alpha``, peft's LoRA on ``Conv2d``); the text encoder
+and the VAE stay frozen, so the prompts' embeddings and the images' latent distributions are
+computed once. Each step takes ``batch_size`` instance images and as many class images, draws
+noise and timesteps from one seeded generator, and minimises the min-SNR weighted noise
+prediction error (instance + ``prior_loss_weight`` x class).
+
+Every ``checkpoint_every`` steps (and at the end) a checkpoint folder is written whole and then
+renamed into place: ``OUT/checkpoints/step-N/`` with the LoRA weights (safetensors) and
+``state.pt`` (optimizer, LR schedule, grad scaler, generator state, losses). Rerunning the
+same command continues from it; a changed config is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from diag.device import resolve_device
+from diag.errors import DiagError, where
+from diag.files import check_folder, lock_folder, save_torch, sha256_file, write_json
+from diag.finetune.config import Config, config_dict, identity
+from diag.finetune.data import ensure_class_images, instance_samples, load_images
+
+RUN_FILE = "run.json"
+CKPT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+LOG_FILE = "finetune.log"
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+CONVS = ("conv1", "conv2", "conv_shortcut", "conv")
+TARGETS = (r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+           r"|.*resnets\.\d+\.(conv1|conv2|conv_shortcut)$"
+           r"|.*(downsamplers|upsamplers)\.\d+\.conv$")
+ATTENTION_ONLY = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+
+
+class _Log:
+    """Lines to OUT/finetune.log, and to stderr when no progress bar is shown."""
+
+    def __init__(self, out: Path, echo: bool) -> None:
+        self.path = out / LOG_FILE
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        if self.echo:
+            print(f"finetune: {message}", file=sys.stderr, flush=True)
+
+
+def load_base(model: str) -> Any:
+    """The base text-to-image pipeline (hub id or local folder), in float32 on the CPU."""
+    from diffusers import DiffusionPipeline
+
+    from diag.generators.diffusion.pipeline import _from_hub, _looks_local, quiet_libraries
+
+    quiet_libraries()
+    local = Path(model).expanduser()
+    looks_local = _looks_local(model)
+    if looks_local:
+        if not local.is_dir():
+            raise DiagError(f"model folder {where(local)} does not exist: set model to a diffusers "
+                            "text-to-image pipeline folder or a hub id such as "
+                            "stable-diffusion-v1-5/stable-diffusion-v1-5")
+        if not (local / "model_index.json").is_file():
+            raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
+                            "diffusers pipeline (run `diag tiny-model DIR --kind text2img` for a "
+                            "test model)")
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        if looks_local:
+            pipe = DiffusionPipeline.from_pretrained(str(local), **kwargs)
+        else:
+            pipe = _from_hub(DiffusionPipeline, model, kwargs)
+    except Exception as exc:  # hub, network and format errors all end here
+        reason = " ".join(str(exc).split())[:200]
+        raise DiagError(f"cannot load the base model '{model}' ({type(exc).__name__}: {reason}): "
+                        f"on a machine with internet run `hf download {model}`, or set model to "
+                        "a local diffusers text-to-image pipeline folder") from None
+    unet = getattr(pipe, "unet", None)
+    if (unet is None or getattr(pipe, "text_encoder", None) is None
+            or getattr(pipe, "text_encoder_2", None) is not None
+            or unet.config.in_channels != 4 or unet.config.addition_embed_type is not None):
+        raise DiagError(f"model '{model}' is a {type(pipe).__name__}: diag finetune trains "
+                        "Stable Diffusion 1.x / 2.x text-to-image pipelines (one text encoder, a "
+                        "4-channel UNet): set model to one, e.g. "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lora_config(cfg: Config) -> Any:
+    """peft's LoraConfig: rank/alpha on the attention projections, conv_rank/conv_alpha on the
+    convolutions (peft matches ``rank_pattern`` keys at the end of module names)."""
+    from peft import LoraConfig
+
+    if cfg.conv_rank == 0:
+        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                          target_modules=ATTENTION_ONLY)
+    pattern = {f"resnets.\\d+.{c}": cfg.conv_rank for c in CONVS[:3]}
+    pattern.update({f"{s}.\\d+.conv": cfg.conv_rank for s in ("downsamplers", "upsamplers")})
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                      target_modules=TARGETS, rank_pattern=dict(pattern),
+                      alpha_pattern={k: cfg.conv_alpha for k in pattern})
+
+
+def _precision(cfg: Config, device: str) -> tuple[Any, bool]:
+    """(frozen weights' dtype, use a grad scaler)."""
+    import torch
+
+    mode = cfg.mixed_precision
+    if mode == "auto":
+        mode = "fp16" if device.startswith("cuda") else "no"
+    if mode == "fp16" and not device.startswith("cuda"):
+        raise DiagError(f"mixed_precision fp16 needs a CUDA device, but the device is {device}: "
+                        "set mixed_precision: auto, no or bf16")
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mode], mode == "fp16"
+
+
+def _check_run(out: Path, cfg: Config, overwrite: bool) -> None:
+    """Refuse a changed config in a run folder (unless overwrite: then start afresh)."""
+    path = out / RUN_FILE
+    new = identity(cfg)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old != new and not overwrite:
+            changed = [k for k in new if not isinstance(old, dict) or old.get(k) != new[k]]
+            what = f"'{changed[0]}' was {old.get(changed[0])!r}, now {new[changed[0]]!r}" \
+                if changed and isinstance(old, dict) else "another config"
+            raise DiagError(f"--out {where(out)} holds a fine-tuning run with another config "
+                            f"({what}): rerun with the same config to resume, add --overwrite to "
+                            "start afresh, or choose another --out")
+        if old != new:
+            for name in (CKPT_DIR, ADAPTER_DIR):
+                shutil.rmtree(out / name, ignore_errors=True)
+            (out / "finetune.json").unlink(missing_ok=True)
+    write_json(path, new)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    folder = out / CKPT_DIR
+    if not folder.is_dir():
+        return None
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.pt").is_file()
+                  and (p / "lora.safetensors").is_file() and p.name[5:].isdigit())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any]) -> Path:
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = out / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{state['step']:07d}"
+    tmp = folder / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().float().cpu().contiguous()
+               for k, v in get_peft_model_state_dict(unet).items()}
+    save_file(weights, str(tmp / "lora.safetensors"))
+    with open(tmp / "lora.safetensors", "rb") as fh:
+        os.fsync(fh.fileno())
+    save_torch(tmp / "state.pt", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in folder.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _save_adapter(out: Path, unet: Any, lora: Any) -> Path:
+    """The adapter in diffusers form: ``OUT/adapter/pytorch_lora_weights.safetensors``, which
+    ``StableDiffusionPipeline.load_lora_weights`` loads (ranks and alphas in its metadata)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    tmp = out / f".{ADAPTER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    layers = convert_state_dict_to_diffusers(
+        {k: v.detach().float().cpu().contiguous()
+         for k, v in get_peft_model_state_dict(unet).items()})
+    StableDiffusionPipeline.save_lora_weights(
+        tmp, unet_lora_layers=layers, safe_serialization=True,
+        unet_lora_adapter_metadata=lora.to_dict())
+    with open(tmp / ADAPTER_FILE, "rb") as fh:
+        os.fsync(fh.fileno())
+    final = out / ADAPTER_DIR
+    old = out / f".{ADAPTER_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final / ADAPTER_FILE
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    from diag import __version__
+
+    return {"diag": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _encode(pipe: Any, images: Any, device: str, dtype: Any, batch: int = 8) -> tuple[Any, Any]:
+    """Mean and std of the VAE's latent distribution of each image (CPU, float32), scaled."""
+    import torch
+
+    means, stds = [], []
+    scale = pipe.vae.config.scaling_factor
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
+    with torch.no_grad():
+        for k in range(0, len(images), batch):
+            dist = pipe.vae.encode(images[k:k + batch].to(device, dtype)).latent_dist
+            means.append(((dist.mean.float() - shift) * scale).cpu())
+            stds.append((dist.std.float() * scale).cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _embed(pipe: Any, prompt: str, device: str) -> Any:
+    import torch
+
+    tok = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return pipe.text_encoder(tok.input_ids.to(device))[0].float().cpu()
+
+
+def finetune(cfg: Config, out: str | Path, overwrite: bool = False,
+             progress: bool | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` with DreamBooth + LoRA into ``out``; returns finetune.json's
+    content. Rerunning with the same config resumes from the last checkpoint."""
+    out = Path(out)
+    check_folder(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with lock_folder(out, "a fine-tuning run", "--out"):
+            return _finetune(cfg, out, overwrite,
+                             sys.stderr.isatty() if progress is None else progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params, compute_snr
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    samples = instance_samples(cfg)  # before anything heavy: data errors come first
+    device = resolve_device(cfg.device)
+    dtype, use_scaler = _precision(cfg, device)
+    pipe = load_base(cfg.model)
+    _check_run(out, cfg, overwrite)
+    log = _Log(out, echo=not progress)
+    log(f"fine-tuning {cfg.model} on {len(samples)} instance images ('{cfg.instance_prompt}') "
+        f"on {device}")
+    pipe.to(device, dtype if device.startswith("cuda") else torch.float32)
+    class_paths: list[Path] = []
+    generated = 0
+    if cfg.prior_preservation:
+        class_paths, generated = ensure_class_images(out, cfg, pipe, log)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    inst = load_images([s.path for s in samples], cfg)
+    inst_mean, inst_std = _encode(pipe, inst, device, pipe.vae.dtype)
+    flip_mean = flip_std = None
+    if cfg.random_flip:
+        flip_mean, flip_std = _encode(pipe, inst.flip(-1), device, pipe.vae.dtype)
+    cls_mean = cls_std = None
+    if class_paths:
+        cls_mean, cls_std = _encode(pipe, load_images(class_paths, cfg), device, pipe.vae.dtype)
+    inst_emb = _embed(pipe, cfg.instance_prompt or "", device)
+    cls_emb = _embed(pipe, cfg.class_prompt or "", device)
+
+    unet = pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = noise_scheduler.config.prediction_type
+    del pipe
+    unet.requires_grad_(False)
+    unet.to(device, dtype)
+    lora = lora_config(cfg)
+    torch.manual_seed(cfg.seed)
+    unet.add_adapter(lora)
+    cast_training_params(unet, dtype=torch.float32)
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = device.startswith("cuda")
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+
+    n = len(samples)
+    bs = min(cfg.batch_size, n)
+    per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * per_epoch
+    stop = min(total, cfg.max_steps) if cfg.max_steps else total
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                              num_training_steps=total, num_cycles=cfg.lr_cycles)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    gen = torch.Generator("cpu").manual_seed(cfg.seed)
+    step, losses, seconds_before, resumed_from = 0, [], 0.0, None
+
+    ckpt = _latest_checkpoint(out)
+    if ckpt is not None:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        set_peft_model_state_dict(unet, load_file(str(ckpt / "lora.safetensors")))
+        cast_training_params(unet, dtype=torch.float32)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        step, losses = state["step"], list(state["losses"])
+        seconds_before = state.get("seconds", 0.0)
+        resumed_from = step
+        log(f"resuming from {ckpt} (step {step})")
+    inst_emb, cls_emb = inst_emb.to(device, dtype), cls_emb.to(device, dtype)
+    timesteps_n = noise_scheduler.config.num_train_timesteps
+    cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda" if cuda else "cpu", dtype=dtype,
+                              enabled=dtype != torch.float32)
+    session_start = time.monotonic()
+
+    def state_now() -> dict[str, Any]:
+        return {"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "generator": gen.get_state(),
+                "seconds": seconds_before + time.monotonic() - session_start,
+                "identity": identity(cfg)}
+
+    bar = tqdm(total=stop, initial=step, desc="finetune", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    last_log = time.monotonic()
+    last_saved = step if ckpt is not None else -1
+    try:
+        while step < stop:
+            epoch, k = divmod(step, per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            idx = order[k * bs:(k + 1) * bs]
+            mean, std = inst_mean[idx], inst_std[idx]
+            if flip_mean is not None and flip_std is not None:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                mean = torch.where(flip[:, None, None, None], flip_mean[idx], mean)
+                std = torch.where(flip[:, None, None, None], flip_std[idx], std)
+            emb = inst_emb.expand(len(idx), -1, -1)
+            if cls_mean is not None and cls_std is not None:
+                cidx = torch.arange(step * bs, step * bs + len(idx)) % len(cls_mean)
+                mean, std = torch.cat([mean, cls_mean[cidx]]), torch.cat([std, cls_std[cidx]])
+                emb = torch.cat([emb, cls_emb.expand(len(idx), -1, -1)])
+            latents = mean + std * torch.randn(mean.shape, generator=gen)
+            noise = torch.randn(latents.shape, generator=gen)
+            if cfg.noise_offset:
+                noise = noise + cfg.noise_offset * torch.randn(
+                    (len(latents), latents.shape[1], 1, 1), generator=gen)
+            t = torch.randint(0, timesteps_n, (len(latents),), generator=gen)
+            latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            with autocast:
+                pred = unet(noisy.to(dtype), t, emb).sample
+            target = noise_scheduler.get_velocity(latents, noise, t) \
+                if prediction == "v_prediction" else noise
+            mse = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
+            mse = mse.mean(dim=(1, 2, 3))
+            if cfg.min_snr_gamma:
+                snr = compute_snr(noise_scheduler, t)
+                clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
+                mse = mse * (clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr)
+            loss = mse[:len(idx)].mean()
+            if len(mse) > len(idx):
+                loss = loss + cfg.prior_loss_weight * mse[len(idx):].mean()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DiagError(f"the loss became {value} at step {step}: lower lr (now {cfg.lr}) "
+                                "or use mixed_precision: bf16 / no; then rerun with --overwrite")
+            losses.append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if time.monotonic() - last_log >= cfg.log_every or step == stop:
+                last_log = time.monotonic()
+                log(f"step {step}/{stop} loss {value:.4f} lr {scheduler.get_last_lr()[0]:.3e}")
+            if step % cfg.checkpoint_every == 0 and step < stop:
+                _save_checkpoint(out, unet, state_now())
+                last_saved = step
+    finally:
+        bar.close()
+    if last_saved != step:
+        _save_checkpoint(out, unet, state_now())
+    adapter = _save_adapter(out, unet, lora)
+    seconds = seconds_before + time.monotonic() - session_start
+    result = {
+        "config": config_dict(cfg),
+        "base_model": cfg.model,
+        "data": {"dataset": cfg.dataset.root if cfg.dataset else None,
+                 "split": cfg.dataset.split if cfg.dataset else None,
+                 "instance_images": n, "instance_ids": [s.id for s in samples],
+                 "class_images": len(class_paths), "class_images_generated_now": generated,
+                 "instance_prompt": cfg.instance_prompt, "class_prompt": cfg.class_prompt},
+        "steps": step, "total_steps": total, "steps_per_epoch": per_epoch,
+        "batch_size": bs, "finished": step >= total, "resumed_from": resumed_from,
+        "final_loss": losses[-1] if losses else None, "losses": losses,
+        "seconds": round(seconds, 3), "session_seconds": round(time.monotonic() - started, 3),
+        "device": device, "precision": str(dtype).replace("torch.", ""),
+        "gradient_checkpointing": bool(checkpointing),
+        "lora": {"trainable_parameters": n_params, "targets": TARGETS if cfg.conv_rank
+                 else ATTENTION_ONLY, "rank": cfg.rank, "alpha": cfg.alpha,
+                 "conv_rank": cfg.conv_rank, "conv_alpha": cfg.conv_alpha},
+        "adapter": {"path": f"{ADAPTER_DIR}/{ADAPTER_FILE}", "sha256": sha256_file(adapter)},
+        "versions": _versions(),
+    }
+    write_json(out / "finetune.json", result)
+    log(f"done: {step}/{total} steps, loss {result['final_loss']}, adapter {adapter}")
+    return result

@@ -1,0 +1,195 @@
+"""diag finetune: DreamBooth + LoRA (diffusers / peft) on a tiny random SD-1.5-architecture
+pipeline and 4 real Magnetic-tile defects of the bundled example's training split, on CPU."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diag.files import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "magnetic_tile"
+# small and quick: 64 px, 4 instance images, 2 class images made in 2 steps, 1 CPU thread
+SMALL = {"item": "magnetic tile", "instance_limit": 4, "num_class_images": 2, "class_steps": 2,
+         "resolution": 64, "batch_size": 4, "threads": 1, "log_every": 0}
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine is many times faster with one thread
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_text2img(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SD-1.5-architecture text-to-image pipeline (diffusers format)."""
+    from diag.cli import main
+
+    path = tmp_path_factory.mktemp("models") / "tiny-sd15"
+    assert main(["tiny-model", str(path), "--kind", "text2img"]) == 0
+    return path
+
+
+def write_config(folder: Path, model: Path, **extra: Any) -> Path:
+    cfg = {"model": str(model),
+           "dataset": {"root": str(EXAMPLE), "layout": "magnetic-tile", "split": "train"},
+           **SMALL, **extra}
+    path = folder / "finetune.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def read_result(out: Path) -> dict[str, Any]:
+    return json.loads((out / "finetune.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_text2img: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+            ) -> Path:
+    """30 steps on the same batch of 4 images, lr 1e-2 (an overfit case)."""
+    from diag.cli import main
+
+    folder = tmp_path_factory.mktemp("overfit")
+    config = write_config(folder, tiny_text2img, lr=1e-2, max_steps=30, epochs=30)
+    assert main(["finetune", str(config), "--out", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_tiny_text2img_model(tiny_text2img: Path, one_thread: None) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_text2img)
+    assert pipe.unet.config.in_channels == 4 and pipe.safety_checker is None
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("magnetic tile", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_loss_falls_and_result_file(overfit: Path) -> None:
+    result = read_result(overfit)
+    losses = result["losses"]
+    assert result["steps"] == 30 and len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert result["adapter"]["sha256"] == sha256_file(overfit / result["adapter"]["path"])
+    data = result["data"]
+    assert data["instance_images"] == 4 and data["class_images"] == 2
+    assert data["class_images_generated_now"] == 2 and data["split"] == "train"
+    assert data["instance_prompt"] == "sks magnetic tile" and data["class_prompt"] == "magnetic tile"
+    # the instance images are real defects of the training split, never of the test split
+    from diag.data.ref import DatasetRef
+
+    test_ids = {s.id for s in DatasetRef(str(EXAMPLE), "magnetic-tile", "test").load()}
+    train = {s.id: s.label for s in DatasetRef(str(EXAMPLE), "magnetic-tile", "train").load()}
+    assert len(data["instance_ids"]) == 4
+    assert all(train[i] == 1 for i in data["instance_ids"])
+    assert not test_ids & set(data["instance_ids"])
+    assert {"torch", "diffusers", "peft", "transformers"} <= set(result["versions"])
+    assert result["config"]["rank"] == 32 and result["config"]["conv_rank"] == 4
+    assert (overfit / "finetune.log").read_text(encoding="utf-8").count("step ") >= 1
+
+
+def test_adapter_has_attention_and_conv_lora(overfit: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(overfit / "adapter" / "pytorch_lora_weights.safetensors"))
+    attn = [v for k, v in weights.items() if k.endswith("attn1.to_q.lora.down.weight")]
+    conv = [v for k, v in weights.items()
+            if k.endswith(("resnets.0.conv1.lora.down.weight", "resnets.0.conv1.lora_A.weight"))]
+    assert attn and all(v.shape[0] == 32 for v in attn)
+    assert conv and all(v.shape[0] == 4 and v.ndim == 4 for v in conv)
+
+
+def test_adapter_loads_and_changes_generation(overfit: Path, tiny_text2img: Path,
+                                              one_thread: None) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_text2img)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate() -> np.ndarray:
+        return pipe("sks magnetic tile", num_inference_steps=2, height=64, width=64,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    base = generate()
+    assert np.array_equal(base, generate())  # fixed seed: the same image
+    pipe.load_lora_weights(overfit / "adapter")
+    config = next(iter(pipe.unet.peft_config.values()))
+    assert (config.r, config.lora_alpha) == (32, 16)  # ranks and alphas travel with the file
+    assert set(config.alpha_pattern.values()) == {1.0}
+    assert np.abs(generate() - base).max() > 1e-3
+
+
+def test_resume_continues_the_same_run(tiny_text2img: Path, tmp_path: Path, cli: Any,
+                                       one_thread: None) -> None:
+    config = write_config(tmp_path, tiny_text2img, lr=1e-3, epochs=10, checkpoint_every=2)
+    out = tmp_path / "run"
+    code, _, err = cli("finetune", config, "--out", out, "--set", "max_steps=3")
+    assert code == 0, err
+    first = read_result(out)
+    assert first["steps"] == 3 and not first["finished"] and first["resumed_from"] is None
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "class_images").iterdir()}
+
+    code, _, err = cli("finetune", config, "--out", out, "--set", "max_steps=6")
+    assert code == 0, err
+    second = read_result(out)
+    assert second["steps"] == 6 and second["resumed_from"] == 3
+    assert second["losses"][:3] == first["losses"]
+    assert second["data"]["class_images_generated_now"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "class_images").iterdir()} == stamps
+
+    # the same 6 steps without the interruption: the same losses
+    whole = tmp_path / "whole"
+    code, _, err = cli("finetune", config, "--out", whole, "--set", "max_steps=6")
+    assert code == 0, err
+    assert np.allclose(read_result(whole)["losses"], second["losses"], rtol=1e-5, atol=1e-6)
+
+    # a changed config is another run: refused in one line, unless --overwrite
+    code, _, err = cli("finetune", config, "--out", out, "--set", "lr=1e-4")
+    assert code == 2 and err.count("\n") == 1 and "'lr'" in err and "--overwrite" in err
+    code, _, err = cli("finetune", config, "--out", out, "--set", "lr=1e-4", "--set",
+                       "max_steps=1", "--overwrite")
+    assert code == 0, err
+    assert read_result(out)["steps"] == 1 and read_result(out)["resumed_from"] is None
+
+
+@pytest.mark.parametrize("split", ["test", "all"])
+def test_test_split_is_refused(tiny_text2img: Path, tmp_path: Path, cli: Any, split: str) -> None:
+    config = write_config(tmp_path, tiny_text2img)
+    code, out, err = cli("finetune", config, "--out", tmp_path / "run", "--set",
+                         f"dataset.split={split}")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "dataset.split" in err and "train" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("override", "expect"), [
+    ("rnak=4", "did you mean 'rank'"),
+    ("lr=-1", "lr must be > 0"),
+    ("resolution=60", "multiple of 8"),
+    ("lr_scheduler=bogus", "lr_scheduler is 'bogus'"),
+    ("item=", "item is missing"),
+])
+def test_bad_config_is_one_line(tiny_text2img: Path, tmp_path: Path, cli: Any, override: str,
+                                expect: str) -> None:
+    config = write_config(tmp_path, tiny_text2img)
+    code, _, err = cli("finetune", config, "--out", tmp_path / "run", "--set", override)
+    assert code == 2 and err.count("\n") == 1 and expect in err, err
+    assert str(config) in err
+
+
+def test_missing_model_is_one_line(tmp_path: Path, cli: Any) -> None:
+    config = write_config(tmp_path, tmp_path / "no-such-model")
+    code, _, err = cli("finetune", config, "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err, err
