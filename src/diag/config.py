@@ -237,5 +237,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def resolve_path(value: str, base: Path) -> str:
+    """``value`` as an absolute path: as it is when absolute (``~`` expanded), else relative
+    to ``base`` (a config file's folder).
+
+    >>> resolve_path("/data/x", Path("/cfg")), resolve_path("data", Path("/cfg"))
+    ('/data/x', '/cfg/data')
+    """
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
 def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diag.config import apply_overrides, from_dict, load_yaml, to_dict
+from diag.config import apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 
@@ -236,21 +236,17 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     return parse_train_config(load_yaml(path), overrides, f"config '{path}'", path.parent)
 
 
-def _resolve(p: str, base: Path) -> str:
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else (base / q).resolve())
-
 
 def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
     for ref in (cfg.data.train, cfg.data.test):
         if ref is not None:
-            ref.root = _resolve(ref.root, base)
+            ref.root = resolve_path(ref.root, base)
             if ref.split_file:
-                ref.split_file = _resolve(ref.split_file, base)
-    cfg.data.generated = [_resolve(g, base) for g in cfg.data.generated]
+                ref.split_file = resolve_path(ref.split_file, base)
+    cfg.data.generated = [resolve_path(g, base) for g in cfg.data.generated]
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and not Path(pre).expanduser().is_absolute():
-        cfg.model.pretrained = _resolve(pre, base)
+        cfg.model.pretrained = resolve_path(pre, base)
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

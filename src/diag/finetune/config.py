@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diag.config import apply_overrides, from_dict, load_yaml, to_dict
+from diag.config import apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 
@@ -189,12 +189,12 @@ def parse_config(data: dict[str, Any], overrides: list[str] | None = None,
     data = apply_overrides(copy.deepcopy(data), overrides)
     cfg = from_dict(Config, data, source)
     if base is not None and cfg.dataset is not None:
-        cfg.dataset.root = _resolve(cfg.dataset.root, base)
+        cfg.dataset.root = resolve_path(cfg.dataset.root, base)
         if cfg.dataset.split_file:
-            cfg.dataset.split_file = _resolve(cfg.dataset.split_file, base)
+            cfg.dataset.split_file = resolve_path(cfg.dataset.split_file, base)
         local = Path(cfg.model).expanduser()
         if cfg.model.startswith((".", "~")) or (not local.is_absolute() and (base / local).is_dir()):
-            cfg.model = _resolve(cfg.model, base)
+            cfg.model = resolve_path(cfg.model, base)
     return cfg
 
 
@@ -203,10 +203,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     return parse_config(load_yaml(path), overrides, f"config '{path}'", path.parent)
 
-
-def _resolve(p: str, base: Path) -> str:
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else (base / q).resolve())
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

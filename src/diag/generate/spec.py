@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diag.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from diag.config import apply_overrides, dump_yaml, from_dict, load_yaml, resolve_path
 from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 from diag.regions import RegionSpec
@@ -235,10 +235,6 @@ class _Seed:
     seed: int = 0
 
 
-def _resolve(value: str, base: Path) -> str:
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
 
 def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the spec's relative paths relative to ``base`` (the spec file's folder), in place.
@@ -255,7 +251,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         value = node[key]
         if key == "model" and not (value.startswith((".", "~")) or (base / value).exists()):
             continue
-        node[key] = _resolve(value, base)
+        node[key] = resolve_path(value, base)
     return data
 
 
