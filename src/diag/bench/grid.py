@@ -27,6 +27,21 @@ A grid is a YAML file (``examples/bench_quick.yaml``)::
 >>> g.naug, g.seeds, g.settings
 ([100], [0, 1], ['zero-shot', 'full-shot'])
 
+The ``in-and-out`` method (the In&Out baseline: whole images from Stable Diffusion,
+DreamBooth-LoRA fine-tuned on the real defects, mixed with MemSeg positives)::
+
+    methods:
+      in-and-out:
+        kind: in-and-out
+        ratio: 0.5                   # share of Naug made by text2img, the rest by memseg
+        prompt: "sks magnetic tile"  # default: each defect's own prompt
+        text2img: {model: stable-diffusion-v1-5/stable-diffusion-v1-5, steps: 30}
+        adapter: runs/finetune       # full-shot: a `diag finetune` OUT folder (made first)
+        memseg: {}                   # memseg generator parameters
+
+Zero-shot uses the pretrained model, full-shot the adapter (the bench does not fine-tune:
+run ``diag finetune`` on the training split first and give its folder as ``adapter``).
+
 Paths are relative to the grid file. Each generated set is made once, at the largest Naug
 (the counts of the spec's defects split it evenly); smaller Naug values take nested subsets
 of it (``data.naug`` of ``diag train``).
@@ -46,6 +61,8 @@ from diag.errors import DiagError, where
 SETTINGS = ("zero-shot", "full-shot")
 PROTOCOLS = ("honest", "paper")
 REAL_ONLY = "real-only"
+IN_AND_OUT = "in-and-out"
+IN_AND_OUT_FIELDS = ("kind", "ratio", "prompt", "text2img", "adapter", "memseg")
 PROFILES = ("quick", "paper")
 
 # What a profile fills in where the grid is silent (the grid always wins).
@@ -189,6 +206,8 @@ class Grid:
             if method != REAL_ONLY and not isinstance(method, (dict, str)):
                 raise DiagError(f"{source}: methods.{name} must be real-only, a generate spec "
                                 "mapping or the path of a spec file")
+            if isinstance(method, dict) and method.get("kind") == IN_AND_OUT:
+                _check_in_and_out(method, self.settings, f"{source}: methods.{name}")
         for s in self.settings:
             if s not in SETTINGS:
                 raise DiagError(f"{source}: settings has '{s}', expected zero-shot or full-shot")
@@ -212,6 +231,60 @@ class Grid:
             return [(int(g), int(t)) for g in self.seeds["generation"]
                     for t in self.seeds["training"]]
         return [(int(s), int(s)) for s in self.seeds]
+
+
+def is_in_and_out(method: Any) -> bool:
+    """Whether a grid method is the ``in-and-out`` mixture (``kind: in-and-out``)."""
+    return isinstance(method, dict) and method.get("kind") == IN_AND_OUT
+
+
+def _check_in_and_out(method: dict[str, Any], settings: list[str], where_: str) -> None:
+    unknown = [k for k in method if k not in IN_AND_OUT_FIELDS]
+    if unknown:
+        raise DiagError(f"{where_}: unknown field '{unknown[0]}' of an in-and-out method: use "
+                        f"{', '.join(IN_AND_OUT_FIELDS)}")
+    ratio = method.get("ratio", 0.5)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise DiagError(f"{where_}.ratio must be a number in [0, 1] (the share of Naug made by "
+                        f"text2img), got {ratio!r}")
+    for key in ("text2img", "memseg"):
+        if not isinstance(method.get(key, {}), dict):
+            raise DiagError(f"{where_}.{key} must be a mapping of generator parameters")
+    adapter = method.get("adapter")
+    if adapter is not None and not isinstance(adapter, str):
+        raise DiagError(f"{where_}.adapter must be the path of a `diag finetune` OUT folder")
+    if "full-shot" in settings and ratio > 0 and not adapter:
+        raise DiagError(f"{where_}.adapter is missing: full-shot In&Out generates with a LoRA "
+                        "adapter; run `diag finetune` on the training split first and set "
+                        "adapter to its OUT folder (or drop full-shot from settings)")
+
+
+def in_and_out_parts(grid: Grid, name: str, setting: str) -> list[tuple[str, dict[str, Any],
+                                                                      float]]:
+    """The generate specs an ``in-and-out`` method mixes in ``setting``: ``(part, spec,
+    share)`` for text2img (pretrained zero-shot, with the adapter full-shot) and memseg; parts
+    with share 0 are left out."""
+    method = grid.methods[name]
+    ratio = float(method.get("ratio", 0.5))
+    t2i = {"kind": "text2img", **copy.deepcopy(method.get("text2img") or {})}
+    for key in ("model", "adapter"):  # local paths are relative to the grid
+        value = t2i.get(key)
+        if isinstance(value, str) and value.startswith((".", "/", "~")):
+            t2i[key] = str(resolve(grid, value))
+    if setting == "full-shot" and method.get("adapter"):
+        t2i["adapter"] = str(resolve(grid, method["adapter"]))
+    parts = []
+    for part, generator, share in (("text2img", t2i, ratio),
+                                   ("memseg", {"kind": "memseg", **(method.get("memseg") or {})},
+                                    1.0 - ratio)):
+        if share <= 0:
+            continue
+        spec = _merge(grid.generate, {"generator": generator})
+        if method.get("prompt") and isinstance(spec.get("defects"), list) and part == "text2img":
+            for d in spec["defects"]:
+                d["prompt"] = method["prompt"]
+        parts.append((f"{name}-{part}", spec, share))
+    return parts
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +331,8 @@ def method_spec(grid: Grid, name: str) -> dict[str, Any] | None:
     method = grid.methods[name]
     if method == REAL_ONLY:
         return None
+    if is_in_and_out(method):  # its parts' specs: in_and_out_parts; defects are the grid's
+        return _merge(grid.generate, {})
     if isinstance(method, str):
         path = resolve(grid, method)
         spec = load_yaml(path)

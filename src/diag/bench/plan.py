@@ -25,7 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from diag.bench.grid import Grid, method_spec, train_config
+from diag.bench.grid import Grid, in_and_out_parts, is_in_and_out, method_spec, train_config
+from diag.classify.config import share_counts
 from diag.errors import DiagError
 
 
@@ -63,6 +64,7 @@ class Cell:
     generated: GeneratedSet | None
     config: dict[str, Any] = field(hash=False, compare=False)
     key: str = ""
+    also: tuple[GeneratedSet, ...] = ()  # in-and-out: the other sets it mixes in (memseg)
 
     @property
     def label(self) -> str:
@@ -121,7 +123,7 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
     opts.pop("max_side", None)
     opts["input_size"] = list(input_size)
     top = max(grid.naug)
-    sets: dict[tuple[str, int], GeneratedSet] = {}
+    sets: dict[tuple[str, int, str], GeneratedSet] = {}
     cells: list[Cell] = []
     pairs = grid.seed_pairs()
     for name in grid.methods:
@@ -136,6 +138,12 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
                                 f"but the largest naug is {top}: raise naug or merge types")
         for protocol in grid.protocols:
             for setting in grid.settings:
+                if spec is not None and is_in_and_out(grid.methods[name]):
+                    parts = in_and_out_parts(grid, name, setting)
+                else:
+                    parts = [(name, spec, 1.0)] if spec is not None else []
+                shares = [share for _, _, share in parts]
+                tops = share_counts(top, shares) if parts else []
                 if spec is None:
                     if setting == "zero-shot":
                         continue  # no real positive, no generated one: nothing to learn
@@ -143,28 +151,43 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
                 else:
                     runs = [(n, g, t) for n in sorted(grid.naug) for g, t in pairs]
                 for naug, gen_seed, train_seed in runs:
-                    gen = None
-                    if spec is not None:
-                        gen = sets.get((name, gen_seed))
-                        if gen is None:
-                            full = copy.deepcopy(spec)
-                            full["dataset"] = train_ref
-                            full["seed"] = gen_seed
-                            for d, c in zip(full["defects"], _counts(full["defects"], top),
-                                            strict=True):
-                                d["count"] = c
-                            gen = GeneratedSet(name, gen_seed, full,
-                                               key_of([_keyable(full), split_key]))
-                            sets[(name, gen_seed)] = gen
+                    made: list[GeneratedSet] = []
+                    for (part, part_spec, _), part_top in zip(parts, tops, strict=True):
+                        made.append(_generated_set(sets, part, part_spec, gen_seed, part_top,
+                                                   train_ref, split_key, grid.source))
+                    gen = made[0] if made else None
                     config = copy.deepcopy(base)
                     config["train"] = {**opts, "seed": train_seed, "protocol": protocol}
                     config["data"] = {
                         "train": train_ref, "test": test_ref,
                         "real_positives": "all" if setting == "full-shot" else "none",
-                        "generated": [f"{generated_root}/{gen.folder}"] if gen else [],
+                        "generated": [f"{generated_root}/{g.folder}" for g in made],
                         "naug": naug, "naug_seed": 0,
                     }
-                    key = key_of([_keyable(config), gen.key if gen else None, split_key])
+                    if len(made) > 1:  # in-and-out: each part's share of every Naug
+                        config["data"]["naug_shares"] = shares
+                    key = key_of([_keyable(config), [g.key for g in made] if len(made) > 1
+                                  else gen.key if gen else None, split_key])
                     cells.append(Cell(name, setting, naug, gen_seed, train_seed, protocol, gen,
-                                      config, key))
+                                      config, key, tuple(made[1:])))
     return Plan(list(sets.values()), cells)
+
+
+def _generated_set(sets: dict[tuple[str, int, str], GeneratedSet], part: str,
+                   spec: dict[str, Any], gen_seed: int | None, count: int,
+                   train_ref: dict[str, Any], split_key: str, source: str) -> GeneratedSet:
+    """The generated set of ``part`` (a method, or a part of in-and-out) for ``gen_seed``,
+    made at ``count`` images (split over the defect types); made once, then reused."""
+    full = copy.deepcopy(spec)
+    full["dataset"] = train_ref
+    full["seed"] = gen_seed
+    if len(full["defects"]) > count:
+        raise DiagError(f"{source}: {part} makes {count} images at the largest naug but has "
+                        f"{len(full['defects'])} defect types: raise naug or merge types")
+    for d, c in zip(full["defects"], _counts(full["defects"], count), strict=True):
+        d["count"] = c
+    key = key_of([_keyable(full), split_key])
+    seed = int(gen_seed or 0)
+    if (part, seed, key) not in sets:
+        sets[(part, seed, key)] = GeneratedSet(part, seed, full, key)
+    return sets[(part, seed, key)]

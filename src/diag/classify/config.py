@@ -35,6 +35,21 @@ BACKBONES = ("resnet50", "resnet18", "efficientnet-lite0")
 DEFAULT_VAL_FRACTION = 0.2
 
 
+def share_counts(naug: int, shares: list[float]) -> list[int]:
+    """``naug`` split by ``shares``: cumulative rounding (half up), summing to ``naug``.
+
+    >>> share_counts(5, [0.5, 0.5]), share_counts(100, [0.3, 0.7])
+    ([3, 2], [30, 70])
+    """
+    total, out, done, cum = float(sum(shares)), [], 0, 0.0
+    for s in shares:
+        cum += s
+        upto = int(naug * cum / total + 0.5)
+        out.append(upto - done)
+        done = upto
+    return out
+
+
 @dataclass
 class DataConfig:
     """What the classifier is trained, validated and tested on.
@@ -47,6 +62,11 @@ class DataConfig:
         naug: How many generated positives to take over all folders (null: all of them).
             The choice is a seeded hash order, so a smaller Naug is a subset of a larger one.
         naug_seed: Seed of that choice.
+        naug_shares: Share of ``naug`` taken from each folder of ``generated``, in order
+            (null: one choice over all folders). ``diag bench``'s ``in-and-out`` method mixes
+            text2img and memseg positives at a fixed ratio with ``[ratio, 1 - ratio]``; the
+            counts are rounded cumulatively, so with two folders a smaller Naug takes a subset
+            of a larger one from each folder.
         test: The real test set; null: no test scores. Under ``train.protocol: honest`` it
             chooses nothing; ``paper`` needs it (it scores it every epoch and takes the
             threshold from it, as the reference code does).
@@ -68,6 +88,7 @@ class DataConfig:
     generated: list[str] = field(default_factory=list)
     naug: int | None = None
     naug_seed: int = 0
+    naug_shares: list[float] | None = None
     test: DatasetRef | None = None
     val_fraction: float | None = None
     val_seed: int = 0
@@ -84,6 +105,11 @@ class DataConfig:
             raise DiagError(f"{source}: {prefix}real_positives must be >= 0")
         if self.naug is not None and self.naug < 0:
             raise DiagError(f"{source}: {prefix}naug must be >= 0 or null (all), got {self.naug}")
+        if self.naug_shares is not None and (
+                len(self.naug_shares) != len(self.generated) or any(s < 0 for s in self.naug_shares)
+                or sum(self.naug_shares) <= 0):
+            raise DiagError(f"{source}: {prefix}naug_shares must hold one share >= 0 per "
+                            f"generated folder ({len(self.generated)}), not all 0, or be null")
         if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             raise DiagError(f"{source}: {prefix}val_fraction must be in [0, 1), "
                             f"got {self.val_fraction}")

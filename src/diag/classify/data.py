@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diag.classify.config import DEFAULT_VAL_FRACTION, DataConfig
+from diag.classify.config import DEFAULT_VAL_FRACTION, DataConfig, share_counts
 from diag.classify.models import MEAN_STD
 from diag.data import DatasetRef, Sample, load_dataset
 from diag.errors import DiagError, where
@@ -79,8 +79,10 @@ def load_generated(root: str | Path, what: str) -> list[Sample]:
         raise DiagError(f"{what}: {exc}") from None
 
 
-def generated_items(folders: list[str], naug: int | None, seed: int = 0) -> list[Item]:
-    """``naug`` positives over all generate folders (all when None), chosen by a seeded hash.
+def generated_items(folders: list[str], naug: int | None, seed: int = 0,
+                    shares: list[float] | None = None) -> list[Item]:
+    """``naug`` positives over all generate folders (all when None), chosen by a seeded hash;
+    with ``shares``, ``share_counts(naug, shares)`` from each folder in turn.
 
     The hash order makes the choice independent of file order, and a smaller ``naug`` a
     subset of a larger one.
@@ -90,6 +92,20 @@ def generated_items(folders: list[str], naug: int | None, seed: int = 0) -> list
     """
     names = [Path(f).name for f in folders]
     items: list[Item] = []
+    if shares is not None and naug is not None:
+        picked: list[Item] = []
+        for i, (folder, count) in enumerate(zip(folders, share_counts(naug, shares),
+                                                strict=True)):
+            one = generated_items([folder], None, seed)
+            if count > len(one):
+                raise DiagError(f"data.naug {naug} with naug_shares {shares} takes {count} "
+                                f"images from {where(Path(folder))}, which holds only "
+                                f"{len(one)}: lower naug or generate more")
+            tag = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"
+            chosen = sorted(one, key=lambda it: _hash01(seed, it.key))[:count]
+            picked += [Item(f"gen/{tag}/{it.sample.id}", it.sample, 1, f"generated:{tag}")
+                       for it in chosen]
+        return sorted(picked, key=lambda it: it.key)
     for i, folder in enumerate(folders):
         root = Path(folder)
         if not root.is_dir():
@@ -172,7 +188,7 @@ def build_sets(data: DataConfig, need_test: bool = True, val_fraction: float | N
     items: list[Item] = []
     if data.train is not None:
         items += real_items(data.train, data.real_positives, data.naug_seed)
-    items += generated_items(data.generated, data.naug, data.naug_seed)
+    items += generated_items(data.generated, data.naug, data.naug_seed, data.naug_shares)
     c = counts(items)
     if c["total"] == 0:
         raise DiagError("the training set is empty: set data.train and/or data.generated")

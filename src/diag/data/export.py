@@ -91,6 +91,8 @@ class Item:
         defect: Defect class (``""`` for a defect-free image).
         origin: Where it came from, for README.txt.
         generated: Whether it is a generated image (else real).
+        whole: A defective image without a mask (a whole generated image, text2img): only
+            anomalib-folder can export it (in ``abnormal/``, without ``mask_dir``).
     """
 
     name: str
@@ -99,6 +101,7 @@ class Item:
     defect: str
     origin: str
     generated: bool
+    whole: bool = False
 
     def read_mask(self) -> np.ndarray:
         """The binary mask, checked against the image's size."""
@@ -246,7 +249,7 @@ def generated_items(out: Path, taken: set[str]) -> list[Item]:
                   f"{json.dumps(defect)}, seed {r.get('seed')}, prompt "
                   f"{json.dumps(str(r.get('prompt', '')))}")
         items.append(Item(_unique(safe_name(s.id), taken), s.path, s.mask_path, defect, origin,
-                          True))
+                          True, whole=s.mask_path is None))
     return items
 
 
@@ -316,8 +319,14 @@ def _check_image(item: Item) -> tuple[int, int]:
 def _anomalib_folder(tree: _Tree, items: list[Item], dest: Path, name: str
                      ) -> tuple[dict[str, str], list[str]]:
     lines: dict[str, str] = {}
-    normals = [i for i in items if i.mask is None]
+    normals = [i for i in items if i.mask is None and not i.whole]
     for it in items:
+        if it.whole:  # a whole generated image: a defect without a mask
+            rel = f"abnormal/{it.defect}/{it.name}{_ext(it)}"
+            _check_image(it)
+            tree.copy(rel, it.image)
+            lines[rel] = f"{it.origin}; whole image, no mask"
+            continue
         if it.mask is None:
             rel = f"normal/{it.name}{_ext(it)}"
             _check_image(it)
@@ -336,6 +345,9 @@ def _anomalib_folder(tree: _Tree, items: list[Item], dest: Path, name: str
             f"#   datamodule = Folder(**yaml.safe_load(open('{ANOMALIB_YAML}')))\n"
             "# diag reads it as dataset: {layout: anomalib-folder, root: <this folder>, "
             "normal_dir: normal, abnormal_dir: abnormal, mask_dir: mask}\n")
+    if any(i.whole for i in items):
+        text += "# whole generated images (text2img) have no masks: no mask_dir\n"
+        args.pop("mask_dir")
     if not normals:
         text += ("# anomalib needs defect-free images: export again with --with-real, or add\n"
                  "# normal_dir: <a folder of your own defect-free images>\n")
@@ -575,8 +587,17 @@ def export(out: str | Path, dest: str | Path, fmt: str, *, with_real: bool = Fal
         _check_apart(dest, root, "the real dataset")
         n_real = len(real)
         items += real
+    wholes = [it for it in items if it.whole]
+    if wholes and fmt != "anomalib-folder":
+        raise DiagError(f"{len(wholes)} generated image(s) of {where(out)} are whole images "
+                        f"without a mask (text2img, e.g. {wholes[0].name}): {fmt} needs a mask "
+                        "for every defect; export them with --format anomalib-folder")
+    if wholes and any(it.mask is not None for it in items):
+        raise DiagError(f"{where(out)} has whole generated images without a mask (text2img) "
+                        "beside defects with masks: anomalib's Folder pairs every abnormal "
+                        "image with a mask; export them without --with-real, or separately")
     for it in items:
-        if it.mask is not None and not NAME_RE.match(it.defect):
+        if (it.mask is not None or it.whole) and not NAME_RE.match(it.defect):
             raise DiagError(f"defect class '{it.defect}' of {where(it.image)} cannot name a "
                             "folder: use letters, digits, '_', '-' or '.'")
         if fmt == "mvtec" and it.mask is not None and it.defect == "good":

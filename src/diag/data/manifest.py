@@ -60,14 +60,25 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, complete
 
 
-def sample_files(out: str | Path, record: dict[str, Any]) -> tuple[Path, Path] | None:
-    """The image and mask files of a record when both are named and on disk, else None."""
+def sample_files(out: str | Path, record: dict[str, Any]) -> tuple[Path, Path | None] | None:
+    """The image and mask files of a record when they are named and on disk, else None.
+
+    A whole generated image (``"mask": null``, the text2img generator) has no mask file: its
+    record is finished when its image is on disk, and the mask path returned is None.
+    """
     image, mask = record.get("image"), record.get("mask")
-    if not (isinstance(image, str) and image and isinstance(mask, str) and mask):
+    if not (isinstance(image, str) and image):
+        return None
+    if mask is not None and not (isinstance(mask, str) and mask):
         return None
     try:
-        paths = Path(out) / image, Path(out) / mask
-        return paths if paths[0].is_file() and paths[1].is_file() else None
+        img = Path(out) / image
+        if not img.is_file():
+            return None
+        if mask is None:
+            return img, None
+        msk = Path(out) / mask
+        return (img, msk) if msk.is_file() else None
     except (OSError, ValueError):
         return None
 

@@ -223,7 +223,7 @@ def prepare_out_folder(spec: Spec, out: Path, inputs: Inputs, allow_changed: boo
 
 
 def _finished(out: Path) -> list[dict[str, Any]]:
-    """Manifest records whose image and mask are on disk."""
+    """Manifest records whose image and mask (when it has one) are on disk."""
     return [r for r in read_manifest(out) if sample_files(out, r) is not None]
 
 
@@ -460,7 +460,8 @@ def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: In
         def save(item: PlanItem, m: Made, record: dict[str, Any]) -> None:
             """Files first, then the manifest line: a sample is recorded once it is whole."""
             write_image(out / "images" / f"{item.id}.png", m.image)
-            write_mask(out / "masks" / f"{item.id}.png", m.mask)
+            if m.mask is not None:  # a whole generated image (text2img) has no mask file
+                write_mask(out / "masks" / f"{item.id}.png", m.mask)
             manifest.append(record)
             records.append(record)
             if on_sample:
@@ -481,12 +482,14 @@ def _run(spec: Spec, out: Path, todo: Iterator[PlanItem], total: int, inputs: In
                 for item, m in zip(chunk, made, strict=True):
                     record = {
                         "id": item.id, "index": item.index,
-                        "image": f"images/{item.id}.png", "mask": f"masks/{item.id}.png",
+                        "image": f"images/{item.id}.png",
+                        "mask": None if m.mask is None else f"masks/{item.id}.png",
                         "source": str(item.source.path), "source_id": item.source.id,
                         "defect": item.defect, "prompt": item.prompt,
                         "negative_prompt": item.negative_prompt, "seed": item.seed,
                         "spec_seed": spec.seed, **identity, "params": params,
-                        "size": list(m.image.shape[:2]), "mask_pixels": int(m.mask.sum()),
+                        "size": list(m.image.shape[:2]),
+                        "mask_pixels": None if m.mask is None else int(m.mask.sum()),
                         **m.record, "device": dev, "threads": threads, "seconds": seconds,
                         "versions": versions,
                     }

@@ -61,11 +61,12 @@ class Inputs:
 @dataclass
 class Made:
     """A generated sample: the source pixels, the new image, its mask, and the manifest facts
-    the generator and the region source recorded (``region``, ``info``, ``background``)."""
+    the generator and the region source recorded (``region``, ``info``, ``background``).
+    ``mask`` is None for a whole generated image (``background: whole``, text2img)."""
 
     source: np.ndarray
     image: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None
     record: dict[str, Any]
 
 

@@ -125,13 +125,21 @@ def _read_mask(path: Path) -> np.ndarray | None:
 
 def _usable_fields(rec: Any) -> bool:
     """Whether a manifest line is a record the sheet can use: an object with a string ``id``,
-    ``image`` and ``mask``, and an integer ``index`` if any."""
+    ``image`` and ``mask`` (``mask: null`` for a whole generated image, text2img), and an
+    integer ``index`` if any."""
     if not isinstance(rec, dict):
         return False
-    if not all(isinstance(rec.get(k), str) and rec[k] for k in ("id", "image", "mask")):
+    if not all(isinstance(rec.get(k), str) and rec[k] for k in ("id", "image")):
+        return False
+    if not (_whole(rec) or (isinstance(rec.get("mask"), str) and rec["mask"])):
         return False
     index = rec.get("index", 0)
     return isinstance(index, int) and not isinstance(index, bool)
+
+
+def _whole(rec: dict[str, Any]) -> bool:
+    """Whether a record is a whole generated image without a mask (text2img)."""
+    return "mask" in rec and rec["mask"] is None
 
 
 def manifest_records(folder: Path) -> tuple[list[tuple[dict[str, Any], Path]], dict[Path, int]]:
@@ -216,7 +224,8 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
     label = kind if folder.name == kind else f"{kind}  [{folder.name}]"
     blocks = []
     for rec, gen in chosen:
-        mask = _read_mask(folder / rec["mask"])
+        whole = _whole(rec)
+        mask = None if whole else _read_mask(folder / rec["mask"])
         source = _source(folder, rec)
         tiles: list[Image.Image] = []
         for row in rows:
@@ -225,6 +234,8 @@ def _column(folder: Path, n: int, tile: int, rows: Sequence[str]
                              else _placeholder(tile, "source missing"))
             elif row == "generated":
                 tiles.append(_fit(gen, tile))
+            elif whole:  # no mask to overlay or zoom on: the defect is anywhere
+                tiles.append(_placeholder(tile, "whole image"))
             elif mask is None or mask.shape != gen.shape[:2]:
                 tiles.append(_placeholder(tile, "mask missing"))
             elif row == "mask":

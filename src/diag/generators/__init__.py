@@ -22,4 +22,5 @@ from diag.generators import (
     draem,  # noqa: E402,F401
     memseg,  # noqa: E402,F401
     nsa,  # noqa: E402,F401
+    text2img,  # noqa: E402,F401
 )

@@ -20,6 +20,10 @@ contract is an error naming the generator, never silently repaired):
 * every pixel outside ``result.mask`` equals the source pixel, byte for byte;
 * the same request (same seed) gives the same result on the same machine, whichever other
   requests share its :meth:`Generator.generate_batch` call.
+
+A generator that makes whole images (``text2img``, the In&Out baseline) declares it with
+``Result(image, mask=None, background="whole")``: no pixel of the source is kept, there is no
+mask, and the manifest records ``mask: null``. Only that pairing may leave the mask out.
 """
 
 from __future__ import annotations
@@ -74,11 +78,12 @@ class Result:
         background: ``exact`` (the contract: no pixel outside ``mask`` changed) or
             ``resampled`` (the whole image went through a resize, as the reference DIAG code
             does; only the diffusion generator's ``paper_overlay: diffusers`` declares it, and
-            the manifest records it).
+            the manifest records it), or ``whole`` (a whole generated image with no
+            mask, ``mask`` None: only the ``text2img`` generator declares it).
     """
 
     image: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None
     info: dict[str, Any] = field(default_factory=dict)
     background: str = "exact"
 
@@ -167,18 +172,30 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
 
 
 def check_result(kind: str, request: Request, result: Result, sample: str = "a sample"
-                 ) -> np.ndarray:
+                 ) -> np.ndarray | None:
     """Check a generator's result against the contract; return its mask as ``bool``.
+
+    A whole image (``background: whole`` with ``mask`` None) has its shape and dtype checked
+    and returns None.
 
     Raises:
         GeneratorError: wrong shape or dtype, a mask of another size, a pixel changed outside
-            the mask (unless the result declares ``background: resampled``), or no change.
+            the mask (unless the result declares ``background: resampled``), no change, or a
+            missing mask without ``background: whole`` (or ``whole`` with a mask).
     """
     image = request.image
     if result.image.shape != image.shape or result.image.dtype != image.dtype:
         raise GeneratorError(f"generator '{kind}' returned a {result.image.shape} "
                              f"{result.image.dtype} image for the {image.shape} {image.dtype} "
                              f"source of {sample}: it must keep the source's shape and dtype")
+    if result.background == "whole" or result.mask is None:
+        if result.background != "whole" or result.mask is not None:
+            raise GeneratorError(f"generator '{kind}' returned mask "
+                                 f"{'None' if result.mask is None else 'an array'} with "
+                                 f"background '{result.background}' for {sample}: a whole "
+                                 "image has mask None and background whole, any other result a "
+                                 "mask")
+        return None
     mask = np.asarray(result.mask, dtype=bool)
     if mask.shape != image.shape[:2]:
         raise GeneratorError(f"generator '{kind}' returned a {mask.shape} mask for the "
