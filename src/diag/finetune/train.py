@@ -63,20 +63,13 @@ def load_base(model: str) -> Any:
     """The base text-to-image pipeline (hub id or local folder), in float32 on the CPU."""
     from diffusers import DiffusionPipeline
 
-    from diag.generators.diffusion.pipeline import _from_hub, _looks_local, quiet_libraries
+    from diag.generators.diffusion.pipeline import _from_hub, check_model_folder, quiet_libraries
 
     quiet_libraries()
     local = Path(model).expanduser()
-    looks_local = _looks_local(model)
-    if looks_local:
-        if not local.is_dir():
-            raise DiagError(f"model folder {where(local)} does not exist: set model to a diffusers "
-                            "text-to-image pipeline folder or a hub id such as "
-                            "stable-diffusion-v1-5/stable-diffusion-v1-5")
-        if not (local / "model_index.json").is_file():
-            raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
-                            "diffusers pipeline (run `diag tiny-model DIR --kind text2img` for a "
-                            "test model)")
+    looks_local = check_model_folder(model, "model", "text-to-image pipeline",
+                                     "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                     "diag tiny-model DIR --kind text2img")
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     try:
         if looks_local:

@@ -107,23 +107,15 @@ def load_text2img(config: Text2ImgConfig, device: str) -> Any:
 
     from diag.generators.diffusion.pipeline import (
         _from_hub,
-        _looks_local,
+        check_model_folder,
         quiet_libraries,
         torch_dtype,
     )
 
     quiet_libraries()
     local = Path(config.model).expanduser()
-    looks_local = _looks_local(config.model)
-    if looks_local:
-        if not local.is_dir():
-            raise DiagError(f"model folder {where(local)} does not exist: set generator.model to "
-                            "a diffusers text-to-image pipeline folder or a hub id such as "
-                            f"{DEFAULT_TEXT2IMG_MODEL}")
-        if not (local / "model_index.json").is_file():
-            raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
-                            "diffusers pipeline (run `diag tiny-model DIR --kind text2img` for a "
-                            "test model)")
+    looks_local = check_model_folder(config.model, "generator.model", "text-to-image pipeline",
+                                     DEFAULT_TEXT2IMG_MODEL, "diag tiny-model DIR --kind text2img")
     kwargs: dict[str, Any] = {"dtype": torch_dtype(config, device), "safety_checker": None,
                               "requires_safety_checker": False}
     if config.revision:

@@ -85,6 +85,23 @@ def _looks_local(model: str) -> bool:
             or model.count("/") != 1)
 
 
+def check_model_folder(model: str, field: str, what: str, example: str, tiny: str) -> bool:
+    """Whether ``model`` names a local folder (else a hub id); a local one must be a
+    diffusers pipeline (one-line errors naming ``field``, a hub id ``example`` and the
+    ``tiny`` command that writes a test model)."""
+    local = Path(model).expanduser()
+    if not _looks_local(model):
+        return False
+    if not local.is_dir():
+        raise DiagError(f"model folder {where(local)} does not exist: set {field} to a diffusers "
+                        f"{what} folder or a hub id such as {example}")
+    if not (local / "model_index.json").is_file():
+        raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
+                        f"diffusers pipeline (save one with pipe.save_pretrained, or run `{tiny}` "
+                        "for a test model)")
+    return True
+
+
 def load_pipeline(config: DiffusionConfig, device: str) -> Any:
     """Load the inpainting pipeline named by ``config.model`` (hub id or local folder).
 
@@ -97,15 +114,8 @@ def load_pipeline(config: DiffusionConfig, device: str) -> Any:
 
     quiet_libraries()
     local = Path(config.model).expanduser()
-    looks_local = _looks_local(config.model)
-    if looks_local:
-        if not local.is_dir():
-            raise DiagError(f"model folder {where(local)} does not exist: set generator.model to "
-                            "a diffusers pipeline folder or a hub id such as " + DEFAULT_MODEL)
-        if not (local / "model_index.json").is_file():
-            raise DiagError(f"model folder {where(local)} has no model_index.json: it is not a "
-                            "diffusers pipeline (save one with pipe.save_pretrained, or run "
-                            "`diag tiny-model DIR` for a test model)")
+    looks_local = check_model_folder(config.model, "generator.model", "pipeline",
+                                     DEFAULT_MODEL, "diag tiny-model DIR")
     variant = resolve_variant(config, device, local if looks_local else None)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(config, device)}
     if config.revision:
