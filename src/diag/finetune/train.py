@@ -63,7 +63,12 @@ def load_base(model: str) -> Any:
     """The base text-to-image pipeline (hub id or local folder), in float32 on the CPU."""
     from diffusers import DiffusionPipeline
 
-    from diag.generators.diffusion.pipeline import _from_hub, check_model_folder, quiet_libraries
+    from diag.generators.diffusion.pipeline import (
+        _from_hub,
+        check_model_folder,
+        load_error,
+        quiet_libraries,
+    )
 
     quiet_libraries()
     local = Path(model).expanduser()
@@ -77,10 +82,8 @@ def load_base(model: str) -> Any:
         else:
             pipe = _from_hub(DiffusionPipeline, model, kwargs)
     except Exception as exc:  # hub, network and format errors all end here
-        reason = " ".join(str(exc).split())[:200]
-        raise DiagError(f"cannot load the base model '{model}' ({type(exc).__name__}: {reason}): "
-                        f"on a machine with internet run `hf download {model}`, or set model to "
-                        "a local diffusers text-to-image pipeline folder") from None
+        raise load_error(exc, model, local if looks_local else None, "the base model",
+                         "text-to-image", "model") from None
     unet = getattr(pipe, "unet", None)
     if (unet is None or getattr(pipe, "text_encoder", None) is None
             or getattr(pipe, "text_encoder_2", None) is not None

@@ -108,6 +108,7 @@ def load_text2img(config: Text2ImgConfig, device: str) -> Any:
     from diag.generators.diffusion.pipeline import (
         _from_hub,
         check_model_folder,
+        load_error,
         quiet_libraries,
         torch_dtype,
     )
@@ -128,15 +129,8 @@ def load_text2img(config: Text2ImgConfig, device: str) -> Any:
         else:
             pipe = _from_hub(AutoPipelineForText2Image, config.model, kwargs)
     except Exception as exc:  # hub, network and format errors all end here
-        reason = " ".join(str(exc).split())[:200]
-        if looks_local:
-            raise DiagError(f"cannot load the pipeline in {where(local)} ({type(exc).__name__}: "
-                            f"{reason}): check it is a complete diffusers text-to-image "
-                            "pipeline") from None
-        raise DiagError(
-            f"cannot load text-to-image model '{config.model}' ({type(exc).__name__}: {reason}): "
-            f"on a machine with internet run `hf download {config.model}`, or set "
-            "generator.model to a local folder holding the pipeline") from None
+        raise load_error(exc, config.model, local if looks_local else None,
+                         "text-to-image model", "text-to-image", "generator.model") from None
     if config.adapter is not None:
         weights = adapter_file(config.adapter)
         if weights is None:

@@ -391,7 +391,8 @@ class Session:
         if spec.generator.kind in TEXT_KINDS and not d.prompt.strip():
             raise DiagError(f"the description (prompt) of '{defect}' is empty: describe the "
                             "defect in a few words")
-        seeds = list(seeds or [secrets.randbelow(2**31) for _ in range(max(1, min(n, 8)))])
+        seeds = list(seeds or [secrets.randbelow(2**31)
+                            for _ in range(max(1, min(n, MAX_CANDIDATES)))])
         if len(seeds) > MAX_CANDIDATES:
             raise DiagError(f"{len(seeds)} seeds: preview at most {MAX_CANDIDATES} at a time")
         sample = self.sample(image)

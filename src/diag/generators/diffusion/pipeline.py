@@ -102,6 +102,19 @@ def check_model_folder(model: str, field: str, what: str, example: str, tiny: st
     return True
 
 
+def load_error(exc: Exception, model: str, local: Path | None, label: str, what: str,
+               field: str) -> DiagError:
+    """The one-line error for a pipeline that did not load: from the folder ``local`` (check
+    it is complete), or from the hub (download it elsewhere, or set ``field`` to a folder)."""
+    reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if local is not None:
+        return DiagError(f"cannot load the pipeline in {where(local)} ({reason}): check it is a "
+                         f"complete diffusers {what} pipeline")
+    return DiagError(f"cannot load {label} '{model}' ({reason}): on a machine with internet run "
+                     f"`hf download {model}` (or check the id), or set {field} to a local folder "
+                     "holding the pipeline")
+
+
 def load_pipeline(config: DiffusionConfig, device: str) -> Any:
     """Load the inpainting pipeline named by ``config.model`` (hub id or local folder).
 
@@ -128,15 +141,8 @@ def load_pipeline(config: DiffusionConfig, device: str) -> Any:
                                            fallback=config.variant == "auto",
                                            hub=not looks_local)
     except Exception as exc:  # hub, network, and format errors all end here
-        reason = " ".join(str(exc).split())[:200]
-        if looks_local:
-            raise DiagError(f"cannot load the pipeline in {where(local)} ({type(exc).__name__}: "
-                            f"{reason}): check it is a complete diffusers inpainting "
-                            "pipeline") from None
-        raise DiagError(
-            f"cannot load diffusion model '{config.model}' ({type(exc).__name__}: {reason}): "
-            f"on a machine with internet run `hf download {config.model}` (or check the id), "
-            "or set generator.model to a local folder holding the pipeline") from None
+        raise load_error(exc, config.model, local if looks_local else None, "diffusion model",
+                         "inpainting", "generator.model") from None
     pipe.diag_variant = variant
     if config.scheduler:
         import diffusers

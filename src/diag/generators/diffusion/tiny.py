@@ -122,17 +122,21 @@ def build_tiny_sdxl_inpainting(seed: int = 0):  # noqa: ANN201 (diffusers pipeli
 
 def write_tiny_sdxl_inpainting(folder: str | Path, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it to ``folder`` (diffusers format); return the path."""
+    return _save(build_tiny_sdxl_inpainting(seed), folder,
+                 "# Tiny SDXL-inpainting pipeline (random weights)\n\n"
+                 "Written by `diag tiny-model`. Same architecture as "
+                 "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 at ~2.4M parameters, randomly "
+                 "initialised: for dry runs and tests, its images are noise.\n")
+
+
+def _save(pipe: Any, folder: str | Path, readme: str) -> Path:
+    """Save a built pipeline to ``folder`` (diffusers format) with a README; return the path."""
     from diag.generators.diffusion.pipeline import quiet_libraries
 
     folder = Path(folder)
-    pipe = build_tiny_sdxl_inpainting(seed)
     quiet_libraries()
     pipe.save_pretrained(folder)
-    (folder / "README.md").write_text(
-        "# Tiny SDXL-inpainting pipeline (random weights)\n\n"
-        "Written by `diag tiny-model`. Same architecture as "
-        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 at ~2.4M parameters, randomly "
-        "initialised: for dry runs and tests, its images are noise.\n", encoding="utf-8")
+    (folder / "README.md").write_text(readme, encoding="utf-8")
     return folder
 
 
@@ -187,15 +191,8 @@ def build_tiny_text2img(seed: int = 0):  # noqa: ANN201 (diffusers pipeline)
 
 def write_tiny_text2img(folder: str | Path, seed: int = 0) -> Path:
     """Build the tiny text-to-image pipeline and save it to ``folder`` (diffusers format)."""
-    from diag.generators.diffusion.pipeline import quiet_libraries
-
-    folder = Path(folder)
-    pipe = build_tiny_text2img(seed)
-    quiet_libraries()
-    pipe.save_pretrained(folder)
-    (folder / "README.md").write_text(
-        "# Tiny Stable-Diffusion-1.5 text-to-image pipeline (random weights)\n\n"
-        "Written by `diag tiny-model --kind text2img`. Same architecture as "
-        "stable-diffusion-v1-5/stable-diffusion-v1-5 at toy widths, randomly initialised: for "
-        "dry runs and tests of `diag finetune`, its images are noise.\n", encoding="utf-8")
-    return folder
+    return _save(build_tiny_text2img(seed), folder,
+                 "# Tiny Stable-Diffusion-1.5 text-to-image pipeline (random weights)\n\n"
+                 "Written by `diag tiny-model --kind text2img`. Same architecture as "
+                 "stable-diffusion-v1-5/stable-diffusion-v1-5 at toy widths, randomly "
+                 "initialised: for dry runs and tests of `diag finetune`, its images are noise.\n")
