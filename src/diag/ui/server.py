@@ -30,6 +30,7 @@ STATIC = Path(__file__).parent / "static"
 ASSETS = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css"}
 THUMB = 160
 PAGE = 48  # thumbnails per page
+DRAIN = 4  # oversized bodies up to this many times the limit are read and dropped
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
@@ -104,6 +105,11 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise Refused(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
         if n > self.server.max_upload:
+            # read (and drop) a body up to a few times the limit, so the client sees the 413
+            # instead of a reset connection; a larger one is cut off unread
+            left = n if n <= DRAIN * self.server.max_upload else 0
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
             raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                           f"upload of {n / 1e6:.1f} MB is over the limit of "
                           f"{self.server.max_upload / 1e6:.0f} MB (diag ui --max-upload-mb)")
@@ -184,9 +190,7 @@ class Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------------- API
     def get_api_state(self) -> None:
         s = self.server.session
-        from diag.generators.base import GENERATORS, _lookup
-
-        _lookup("memseg")  # registers the built-in generators
+        from diag.generators import GENERATORS  # the package registers the built-in ones
         self._json({"spec": s.view_spec(), "out": str(s.out), "data": str(s.data),
                     "generators": sorted(GENERATORS), "regions": s.region_sets(),
                     "accepted": s.accepted(), "counts": {k: len(v) for k, v in
