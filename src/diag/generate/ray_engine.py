@@ -39,6 +39,7 @@ from diag.generate.runner import (
     RunLog,
     RunSummary,
     check_out_path,
+    check_something_planned,
     clear_out_folder,
     folder_lock,
     prepare_out_folder,
@@ -232,9 +233,7 @@ def run_ray(spec: Spec, out: str | Path, *, address: str | None = None,
     if workers is not None and workers < 1:
         raise DiagError(f"--workers {workers}: give the number of Ray workers, at least 1 (or "
                         "leave it out: one per GPU, else one per CPU)")
-    if spec.total == 0:
-        raise DiagError(f"{spec.source}: every defect's count is 0, so there is nothing to "
-                        "generate: set defects[i].count")
+    check_something_planned(spec)
     if (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
         check_address(address or os.environ["RAY_ADDRESS"])
     out = Path(out).absolute()

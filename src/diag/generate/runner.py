@@ -155,6 +155,13 @@ def _spec_diff(spec: Spec, out: Path) -> list[str] | None:
     return sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
 
 
+def check_something_planned(spec: Spec) -> None:
+    """A spec whose counts are all 0 (and has no picks) is a one-line error."""
+    if spec.total == 0:
+        raise DiagError(f"{spec.source}: every defect's count is 0, so there is nothing to "
+                        "generate: set defects[i].count")
+
+
 def check_out_path(out: Path) -> None:
     """``out`` must be a folder, or creatable as one: a one-line error otherwise."""
     if out.exists() and not out.is_dir():
@@ -283,9 +290,7 @@ def run_spec(spec: Spec, out: str | Path, shard: tuple[int, int] = (0, 1),
     if limit is not None and limit < 1:
         raise DiagError(f"--limit {limit}: give the number of new samples to make, at least 1 "
                         "(or --dry-run to plan without generating)")
-    if spec.total == 0:
-        raise DiagError(f"{spec.source}: every defect's count is 0, so there is nothing to "
-                        "generate: set defects[i].count")
+    check_something_planned(spec)
     check_out_path(out)
     inputs = load_inputs(spec)
     index_of = plan_index(spec)
