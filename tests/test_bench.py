@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory, example_root: Path):
     grid = grid_file(tmp, example_root)
     done = subprocess.run(cmd(grid, tmp / "out"), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return grid, tmp / "out", done.stderr
+    yield grid, tmp / "out", done.stderr
+    shutil.rmtree(tmp, ignore_errors=True)  # its models: keep the suite's disk use small
 
 
 def test_every_cell_ran_and_wrote_its_row(bench) -> None:
@@ -70,6 +72,8 @@ def test_every_cell_ran_and_wrote_its_row(bench) -> None:
     for r in rows:
         assert 0 <= float(r["ap"]) <= 1 and 0 < float(r["chance"]) < 1
         assert (out / "cells" / r["cell"] / "metrics.json").is_file()
+        assert (out / "cells" / r["cell"] / "model.pt").is_file()
+        assert not (out / "cells" / r["cell"] / "checkpoints").exists(), "finished: no resume state"
         if r["method"] == "memseg":
             assert float(r["fid_64"]) > 0
             zero = r["setting"] == "zero-shot"

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -33,7 +34,7 @@ PM = re.compile(r"^(\d+\.\d{3}) ± (\d+\.\d{3}|n/a)$")
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory, example_root: Path) -> Path:
+def bench(tmp_path_factory: pytest.TempPathFactory, example_root: Path) -> Iterator[Path]:
     """A tiny finished bench: real-only, memseg and cutpaste; zero- and full-shot; Naug 2 and
     4; seeds 0 and 1 (18 cells on the bundled example, about half a minute on CPU)."""
     tmp = tmp_path_factory.mktemp("bench-report")
@@ -41,7 +42,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory, example_root: Path) -> Path:
         "real-only": "real-only", "memseg": {"generator": {"kind": "memseg"}},
         "cutpaste": {"generator": {"kind": "cutpaste"}}})
     run_bench(load_grid(path), tmp / "out", device="cpu", progress=False, log=lambda m: None)
-    return tmp / "out"
+    yield tmp / "out"
+    shutil.rmtree(tmp, ignore_errors=True)  # its models: keep the suite's disk use small
 
 
 class _Page(HTMLParser):

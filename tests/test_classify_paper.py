@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +65,15 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def paper_run(tmp_path_factory, data) -> Path:
+def paper_run(tmp_path_factory, data) -> Iterator[Path]:
     """A 2-epoch paper-protocol run through the command line."""
     from diag.cli import main
 
     base = tmp_path_factory.mktemp("paper-run")
     (base / "c.yaml").write_text(yaml.safe_dump(_config(*data, "paper")))
     assert main(["train", str(base / "c.yaml"), "--out", str(base / "run")]) == 0
-    return base / "run"
+    yield base / "run"
+    shutil.rmtree(base, ignore_errors=True)  # its checkpoints: keep the suite's disk use small
 
 
 def test_every_training_image_trains(paper_run):

@@ -209,6 +209,29 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
                   progress=False)
 
 
+def test_keep_checkpoints_none_drops_the_resume_state_once_finished(tmp_path, capsys):
+    tr, te = _separable(tmp_path / "tr", 6), _separable(tmp_path / "te", 3, seed=1)
+    base = _sep_config(tr, te, epochs=1, keep_checkpoints="none")
+    first = train_run(parse_train_config(base), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert {"model.pt", "metrics.json", "scores.csv"} <= {
+        p.name for p in (tmp_path / "run").iterdir()}
+    # resuming the finished run is a no-op, whatever is kept
+    again = train_run(parse_train_config(base, ["train.keep_checkpoints=last"]),
+                      tmp_path / "run", resume=True, progress=False)
+    assert again == first and "nothing to do" in capsys.readouterr().err
+    with pytest.raises(DiagError, match="kept no checkpoint.*new --out"):
+        train_run(parse_train_config(base, ["train.epochs=2"]), tmp_path / "run", resume=True,
+                  progress=False)
+    # a run that keeps its checkpoint can still be extended
+    base["train"]["keep_checkpoints"] = "last"
+    train_run(parse_train_config(base), tmp_path / "kept", progress=False)
+    assert (tmp_path / "kept" / "checkpoints" / "last.pt").is_file()
+    longer = train_run(parse_train_config(base, ["train.epochs=2"]), tmp_path / "kept",
+                       resume=True, progress=False)
+    assert len(longer["history"]) == 2
+
+
 def test_seeds_give_mean_and_std(tmp_path, cli):
     tr, te = _separable(tmp_path / "tr", 8), _separable(tmp_path / "te", 4, seed=1)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(_sep_config(tr, te, epochs=1)))

@@ -193,3 +193,53 @@ def test_missing_model_is_one_line(tmp_path: Path, cli: Any) -> None:
     config = write_config(tmp_path, tmp_path / "no-such-model")
     code, _, err = cli("finetune", config, "--out", tmp_path / "run")
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err, err
+
+
+def test_kill_9_then_rerun_finishes_the_same_run(tiny_text2img: Path, tmp_path: Path,
+                                                  cli: Any, one_thread: None) -> None:
+    """kill -9 a real `diag finetune` process after its second checkpoint, rerun: it resumes
+    from the last checkpoint, leaves no temporary file, and ends with the losses and adapter
+    of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 6
+    config = write_config(tmp_path, tiny_text2img, lr=1e-3, epochs=steps, max_steps=steps,
+                          checkpoint_every=1)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "diag", "finetune", str(config), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name >= "step-0000002" for p in (out / "checkpoints").glob("step-*")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "finetune.json").exists()
+
+    code, _, err = cli("finetune", config, "--out", out)
+    assert code == 0, err
+    resumed = read_result(out)
+    assert resumed["steps"] == steps and resumed["finished"]
+    assert resumed["resumed_from"] is not None and 2 <= resumed["resumed_from"] < steps
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or ".old" in p.name]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{steps:07d}"]
+
+    whole = tmp_path / "whole"
+    code, _, err = cli("finetune", config, "--out", whole)
+    assert code == 0, err
+    reference = read_result(whole)
+    assert np.allclose(resumed["losses"], reference["losses"], rtol=1e-5, atol=1e-6)
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "adapter" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(whole / "adapter" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k

@@ -324,6 +324,8 @@ def run_bench(grid: Grid, out: str | Path, device: str | None = None,
                                              base=out)
                     if device:
                         cfg.train.device = device
+                    if "keep_checkpoints" not in cell.config.get("train", {}):
+                        cfg.train.keep_checkpoints = "none"  # a finished cell needs model.pt only
                     resume = (run / "checkpoints").is_dir()
                     metrics = train_run(cfg, run, resume=resume, progress=False)
                     trained += 1

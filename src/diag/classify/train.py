@@ -7,7 +7,8 @@
 
 A run folder holds ``config.yaml``, ``metadata.json`` (versions, backbone, weights source, data
 counts), ``checkpoints/last.pt`` (overwritten after every epoch: model, optimizer, epoch, RNG
-states; with ``keep_checkpoints: all`` also ``epoch-NNN.pt``), ``model.pt`` (the selected
+states; with ``keep_checkpoints: all`` also ``epoch-NNN.pt``; with ``none`` the folder is
+deleted once the run has finished), ``model.pt`` (the selected
 weights with everything needed to score new images), ``metrics.json``, ``scores.csv`` and
 ``pr_curve.png``, and ``training_files.json`` (every training file's resolved path and
 content hash, for the leakage guard of ``diag evaluate``).
@@ -39,6 +40,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -244,13 +246,15 @@ def _check_same_config(out: Path, cfg: TrainConfig) -> None:
         if not isinstance(d, dict):
             continue
         d.setdefault("train", {}).pop("epochs", None)
+        d["train"].pop("keep_checkpoints", None)  # what is kept on disk, not what is trained
         data = d.setdefault("data", {})
         if data.get("val_fraction") is None:  # null = the protocol's default
             data["val_fraction"] = (0.0 if d["train"].get("protocol") == "paper"
                                     else DEFAULT_VAL_FRACTION)
     if a != b:
         raise DiagError(f"--resume: the config differs from the run's {where(out / 'config.yaml')}"
-                        " (only train.epochs may change): use the same config or a new --out")
+                        " (only train.epochs and train.keep_checkpoints may change): use the "
+                        "same config or a new --out")
 
 
 def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -291,6 +295,10 @@ def _prepare_out(out: Path, cfg: TrainConfig, resume: bool
         done = _finished(out, cfg)
         if done is not None:
             return None, done
+        if not last.is_file() and (out / "model.pt").is_file():
+            raise DiagError(f"{where(out)} holds a finished run that kept no checkpoint "
+                            "(train.keep_checkpoints: none), so it cannot be trained further: "
+                            "use a new --out")
     if not last.is_file():
         if (out / "config.yaml").is_file() or not out.exists() or _only_run_files(out):
             return None, None  # killed before the first epoch ended: start over
@@ -373,6 +381,8 @@ def _train_run(cfg: TrainConfig, out: str | Path, resume: bool = False,
         with lock_folder(out, "the training run"):  # temporary files of a killed run, if any
             for folder in (out, out / "checkpoints"):
                 remove_temp_files(folder, older_than=None)  # (none on a read-only folder)
+            if cfg.train.keep_checkpoints == "none":  # killed between metrics.json and this
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
         print(f"note: {where(out)} already holds this run, finished: nothing to do",
               file=sys.stderr)
         return done
@@ -514,6 +524,8 @@ def _train_locked(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, dev
                   "protocol": opt.protocol, "epoch": selected, "config": config_dict(cfg)}
     _save_atomic(model_file, out / "model.pt")
     write_json(out / "metrics.json", metrics, rerun=RESUME)
+    if opt.keep_checkpoints == "none":  # the run is complete on disk: drop what resumes it
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return metrics
 
 
