@@ -1,10 +1,13 @@
 """Fine-tuning speed of ``diag finetune`` (DreamBooth + LoRA): steps per second.
 
 CPU: the tiny SD-1.5-architecture pipeline (``diag tiny-model --kind text2img``) at 64 px,
-batch 4 (+4 class images), 1 thread. CUDA (when present): the full Stable Diffusion 1.5
-architecture built from its published configs with random weights (no download: the compute
-cost is that of the real model), 512 px, batch 12 (+12 class images), fp16, gradient
-checkpointing, the reference's LoRA (rank 32 / alpha 16, conv 4 / 1).
+batch 4 (+4 class images), 1 thread; and ``mode: inpainting`` on the tiny SDXL-inpainting
+pipeline (``diag tiny-model``), the same sizes. CUDA (when present): the full Stable
+Diffusion 1.5 architecture built from its published configs with random weights (no
+download: the compute cost is that of the real model), 512 px, batch 12 (+12 class images),
+fp16, gradient checkpointing, the reference's LoRA (rank 32 / alpha 16, conv 4 / 1); and
+``mode: inpainting`` on the full SDXL-inpainting architecture (``bench_sdxl.py``'s configs),
+1024 px, batch 2 (+2 class images).
 
     .venv/bin/python benchmarks/bench_finetune.py   # writes benchmarks/RESULTS-finetune.md
 """
@@ -26,6 +29,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from diag.cli import main  # noqa: E402
 from diag.generators.diffusion.tiny import build_sd15  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # Stable Diffusion 1.5's published sub-model configs (unet/, vae/, text_encoder/ config.json)
 SD15_UNET = {
@@ -80,6 +85,18 @@ def main_bench() -> None:
                   f"**{steps / r['loop']:.1f} steps/s** in the training loop ({steps} steps in "
                   f"{r['loop']:.2f} s; {steps / r['wall']:.1f} steps/s counting the whole "
                   "command: model load, resume, adapter write).", ""]
+        assert main(["tiny-model", str(work / "tiny-sdxl")]) == 0
+        (work / "inp").mkdir()
+        r = run(work / "tiny-sdxl", work / "inp", steps, mode="inpainting", instance_limit=4,
+                num_class_images=4, resolution=64, batch_size=4, threads=1, epochs=1000,
+                device="cpu")
+        lines += ["## CPU, tiny SDXL-inpainting model, `mode: inpainting`", "",
+                  f"64 px windows around the defects, batch 4 instance + 4 class (defect-free) "
+                  f"images, 1 thread, LoRA rank 32 / conv 4 "
+                  f"({r['lora']['trainable_parameters']} trainable parameters): "
+                  f"**{steps / r['loop']:.1f} steps/s** in the training loop ({steps} steps in "
+                  f"{r['loop']:.2f} s; {steps / r['wall']:.1f} steps/s counting the whole "
+                  "command).", ""]
     if torch.cuda.is_available():
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -93,10 +110,25 @@ def main_bench() -> None:
                       f"512 px, batch 12 + 12 class images, {r['precision']}, gradient "
                       f"checkpointing {r['gradient_checkpointing']}: "
                       f"**{steps / r['loop']:.2f} steps/s** in the training loop.", ""]
+        with tempfile.TemporaryDirectory() as tmp:
+            from bench_sdxl import build, configs
+
+            work = Path(tmp)
+            build(configs(small=False), "cpu", torch.float32).save_pretrained(work / "sdxl")
+            steps = 10
+            r = run(work / "sdxl", work, steps, mode="inpainting", num_class_images=2,
+                    batch_size=2, resolution=1024, device="cuda")
+            lines += [f"## CUDA ({torch.cuda.get_device_name()}), full SDXL-inpainting "
+                      "architecture, random weights, `mode: inpainting`", "",
+                      f"1024 px, batch 2 + 2 class images, {r['precision']}, gradient "
+                      f"checkpointing {r['gradient_checkpointing']}: "
+                      f"**{steps / r['loop']:.2f} steps/s** in the training loop.", ""]
     else:
         lines += ["## GPU", "", "Unmeasured: no CUDA device on this machine. On one, this script "
                   "builds the full SD 1.5 architecture with random weights (the real model's "
-                  "compute cost, no download) and measures 512 px, batch 12 + 12, fp16.", ""]
+                  "compute cost, no download) and measures 512 px, batch 12 + 12, fp16; and "
+                  "mode: inpainting on the full SDXL-inpainting architecture, 1024 px, batch "
+                  "2 + 2.", ""]
     text = "\n".join(lines)
     (ROOT / "benchmarks" / "RESULTS-finetune.md").write_text(text, encoding="utf-8")
     print(text)

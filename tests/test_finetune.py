@@ -49,6 +49,21 @@ def write_config(folder: Path, model: Path, **extra: Any) -> Path:
     return path
 
 
+def assert_fully_loaded(pipe: Any, run: Path) -> None:
+    """Every LoRA tensor of the run's adapter file is in the pipeline's UNet, unchanged (a
+    partly loaded adapter only warns)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "adapter" / "pytorch_lora_weights.safetensors"))
+    import re
+
+    loaded = {re.sub(r"\.lora_([AB])\.[^.]+\.weight$", r".lora_\1.weight", k): v
+              for k, v in pipe.unet.state_dict().items() if ".lora_" in k}
+    assert len(loaded) == len(weights)
+    for k, v in weights.items():
+        assert torch.equal(loaded[k.removeprefix("unet.")], v), k
+
+
 def read_result(out: Path) -> dict[str, Any]:
     return json.loads((out / "finetune.json").read_text(encoding="utf-8"))
 
@@ -103,9 +118,8 @@ def test_adapter_has_attention_and_conv_lora(overfit: Path) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(str(overfit / "adapter" / "pytorch_lora_weights.safetensors"))
-    attn = [v for k, v in weights.items() if k.endswith("attn1.to_q.lora.down.weight")]
-    conv = [v for k, v in weights.items()
-            if k.endswith(("resnets.0.conv1.lora.down.weight", "resnets.0.conv1.lora_A.weight"))]
+    attn = [v for k, v in weights.items() if k.endswith("attn1.to_q.lora_A.weight")]
+    conv = [v for k, v in weights.items() if k.endswith("resnets.0.conv1.lora_A.weight")]
     assert attn and all(v.shape[0] == 32 for v in attn)
     assert conv and all(v.shape[0] == 4 and v.ndim == 4 for v in conv)
 
@@ -124,6 +138,7 @@ def test_adapter_loads_and_changes_generation(overfit: Path, tiny_text2img: Path
     base = generate()
     assert np.array_equal(base, generate())  # fixed seed: the same image
     pipe.load_lora_weights(overfit / "adapter")
+    assert_fully_loaded(pipe, overfit)
     config = next(iter(pipe.unet.peft_config.values()))
     assert (config.r, config.lora_alpha) == (32, 16)  # ranks and alphas travel with the file
     assert set(config.alpha_pattern.values()) == {1.0}
@@ -243,3 +258,89 @@ def test_kill_9_then_rerun_finishes_the_same_run(tiny_text2img: Path, tmp_path: 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_inpainting_mode_trains_and_the_diffusion_generator_uses_the_adapter(
+        tiny_model: Path, tmp_path: Path, cli: Any, one_thread: None) -> None:
+    """mode: inpainting on the tiny SDXL-inpainting pipeline: the loss falls on an overfit
+    case; `diag generate` with the adapter (a path relative to the spec) paints other pixels
+    inside the same masks, leaves every pixel outside them as the source's, and records the
+    adapter's hash."""
+    from diag.data.manifest import read_manifest
+    from diag.imageio import read_image, read_mask
+
+    config = write_config(tmp_path, tiny_model, mode="inpainting", num_class_images=3,
+                          lr=1e-2, max_steps=30, epochs=30, random_flip=True)
+    code, _, err = cli("finetune", config, "--out", tmp_path / "ft")
+    assert code == 0, err
+    result = read_result(tmp_path / "ft")
+    assert result["mode"] == "inpainting"
+    assert result["pipeline"] == "StableDiffusionXLInpaintPipeline"
+    assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5])
+    data = result["data"]
+    assert data["instance_images"] == 4 and data["class_images"] == 3
+    assert data["class_images_generated_now"] == 0  # real defect-free images, not generated
+    assert all(i.startswith("MT_Free/") for i in data["class_ids"])
+    assert len(data["window_sides"]) == 4 and min(data["window_sides"]) >= 64
+
+    def spec(name: str, **generator: Any) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "dataset": {"root": str(EXAMPLE), "layout": "magnetic-tile", "split": "train"},
+            "regions": {"source": "real-masks"},
+            "defects": [{"name": "crack", "prompt": "sks magnetic tile", "count": 2}],
+            "generator": {"kind": "diffusion", "model": str(tiny_model), "steps": 3,
+                          "resolution": 128, **generator},
+            "seed": 1}))
+        return path
+
+    for name, extra in (("zero", {}), ("full", {"adapter": "ft"})):
+        code, _, err = cli("generate", spec(name, **extra), "--out", tmp_path / name)
+        assert code == 0, err
+    from diag.generators import make_generator
+
+    gen = make_generator("diffusion", {"model": str(tiny_model), "adapter": str(tmp_path / "ft")})
+    assert_fully_loaded(gen.pipe, tmp_path / "ft")
+    # an adapter whose layers only partly match the model is refused, not half loaded
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from diag.errors import DiagError
+
+    file = tmp_path / "ft" / "adapter" / "pytorch_lora_weights.safetensors"
+    for name, renames in (("half", {".lora_A.": ".lora.down."}),  # a weight missing
+                          ("mixed", {".lora_A.": ".lora.down.", ".lora_B.": ".lora.up."})):
+        weights = {}
+        for k, v in load_file(str(file)).items():
+            for a, b in renames.items():
+                k = k.replace(a, b) if "attn" in k else k
+            weights[k] = v
+        (tmp_path / name).mkdir()
+        save_file(weights, str(tmp_path / name / file.name),
+                  metadata=safe_open(str(file), "pt").metadata())
+        with pytest.raises(DiagError, match="do not all match the model"):
+            make_generator("diffusion", {"model": str(tiny_model), "adapter": str(tmp_path / name)})
+    zero, full = read_manifest(tmp_path / "zero"), read_manifest(tmp_path / "full")
+    assert "adapter" not in zero[0]
+    assert full[0]["adapter_sha256"] == result["adapter"]["sha256"]
+    assert full[0]["lora_scale"] == 1.0
+    for a, b in zip(zero, full, strict=True):
+        assert a["source"] == b["source"] and a["seed"] == b["seed"]
+        mask = read_mask(tmp_path / "full" / b["mask"])
+        assert np.array_equal(mask, read_mask(tmp_path / "zero" / a["mask"]))
+        img_a, img_b = read_image(tmp_path / "zero" / a["image"]), read_image(
+            tmp_path / "full" / b["image"])
+        assert np.array_equal(img_a[~mask], img_b[~mask])
+        assert not np.array_equal(img_a[mask], img_b[mask])
+
+
+def test_mode_and_model_must_agree(tiny_model: Path, tiny_text2img: Path, tmp_path: Path,
+                                   cli: Any) -> None:
+    code, _, err = cli("finetune", write_config(tmp_path, tiny_model), "--out", tmp_path / "a")
+    assert code == 2 and err.count("\n") == 1 and "set mode: inpainting" in err
+    config = write_config(tmp_path, tiny_text2img, mode="inpainting")
+    code, _, err = cli("finetune", config, "--out", tmp_path / "b")
+    assert code == 2 and err.count("\n") == 1 and "not an inpainting pipeline" in err
+    code, _, err = cli("finetune", write_config(tmp_path, tiny_model, mode="outpainting"),
+                       "--out", tmp_path / "c")
+    assert code == 2 and "mode is 'outpainting'" in err

@@ -29,6 +29,8 @@ from diag.data.ref import DatasetRef
 from diag.errors import DiagError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_INPAINTING_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # diag's generator
+MODES = ("text2img", "inpainting")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -42,8 +44,15 @@ class Config:
     """What ``diag finetune`` trains, on what, and how.
 
     Attributes:
-        model: Base text-to-image pipeline: hub id or local diffusers folder (Stable Diffusion
-            1.x / 2.x architecture: one text encoder, a UNet2DConditionModel).
+        mode: ``text2img`` (In&Out: the whole image from the prompt) or ``inpainting`` (an
+            inpainting pipeline learns to paint the real defects into their masks: each
+            instance image is cropped to a square window around its defect, the defect's mask
+            is the inpainting mask and the image without it the masked image; the adapter
+            then serves the ``diffusion`` generator, whose outputs keep their masks).
+        model: Base pipeline: hub id or local diffusers folder. ``text2img``: Stable Diffusion
+            1.x / 2.x (one text encoder, a 4-channel UNet; default SD 1.5). ``inpainting``: an
+            SD 1.x / 2.x or SDXL inpainting pipeline (a 9-channel UNet; default SDXL
+            inpainting, the diffusion generator's model).
         dataset: The real dataset; its defective images (label 1) of ``split: train`` are the
             instance images. ``test`` and ``all`` are refused (test images are never read).
         instance_limit: Use only the first this many instance images (by id); null: all.
@@ -52,8 +61,10 @@ class Config:
         instance_prompt: Override of the instance prompt (default: ``"<token> <item>"``).
         class_prompt: Override of the class prompt (default: ``item``).
         prior_preservation: Train on class images too (DreamBooth's prior preservation loss).
-        num_class_images: Class images the base model generates (once, cached in
-            ``OUT/class_images``).
+        num_class_images: ``text2img``: class images the base model generates (once, cached in
+            ``OUT/class_images``). ``inpainting``: defect-free images of the training split
+            (the first this many by id), each with an instance mask, which the model learns
+            to fill with the undamaged surface under the class prompt (no generation).
         class_steps: Inference steps per class image.
         class_guidance: Classifier-free guidance scale of the class images.
         class_batch_size: Class images generated per pipeline call.
@@ -77,8 +88,11 @@ class Config:
         max_steps: Stop after this many steps in all (null: run every epoch); raise it and
             rerun to continue the same run.
         resolution: Square training (and class image) size in pixels, a multiple of 8.
-        center_crop: Centre-crop to a square after resizing the shorter side (false: resize
-            the whole image to a square).
+        center_crop: ``text2img``: centre-crop to a square after resizing the shorter side
+            (false: resize the whole image to a square).
+        context: ``inpainting``: margin around the defect's box in the square window, as a
+            fraction of the box's larger side (as the diffusion generator's ``context``).
+        min_window: ``inpainting``: smallest window side in source pixels.
         random_flip: Flip instance images horizontally at random.
         mixed_precision: auto (fp16 on CUDA, full precision on CPU), no, fp16 or bf16.
         gradient_checkpointing: auto (on GPU), true or false.
@@ -90,7 +104,8 @@ class Config:
             machine 1 can be many times faster than 2.
     """
 
-    model: str = DEFAULT_MODEL
+    mode: str = "text2img"
+    model: str = ""
     dataset: DatasetRef | None = None
     instance_limit: int | None = None
     item: str = ""
@@ -120,6 +135,8 @@ class Config:
     max_steps: int | None = None
     resolution: int = 512
     center_crop: bool = True
+    context: float = 1.0
+    min_window: int = 64
     random_flip: bool = False
     mixed_precision: str = "auto"
     gradient_checkpointing: bool | str = "auto"
@@ -130,6 +147,8 @@ class Config:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        if not self.model.strip():  # unset: the mode's default
+            self.model = DEFAULT_INPAINTING_MODEL if self.mode == "inpainting" else DEFAULT_MODEL
         if self.instance_prompt is None and self.item.strip():
             self.instance_prompt = f"{self.token} {self.item}".strip()
         if self.class_prompt is None and self.item.strip():
@@ -145,10 +164,12 @@ class Config:
         if self.dataset.split != "train":
             raise bad("dataset.split", f"is '{self.dataset.split}': fine-tuning reads the "
                       "training split only (test images must stay unseen): set dataset.split: train")
+        if self.mode not in MODES:
+            raise bad("mode", f"is '{self.mode}', expected text2img or inpainting")
+        if self.context < 0 or self.min_window < 8:
+            raise bad("context", "must be >= 0 and min_window >= 8")
         if not self.item.strip():
             raise bad("item", "is missing: set it to what the images show, e.g. item: magnetic tile")
-        if not self.model.strip():
-            raise bad("model", f"is empty: give a hub id (e.g. {DEFAULT_MODEL}) or a folder")
         if self.instance_limit is not None and self.instance_limit < 1:
             raise bad("instance_limit", f"must be >= 1 or null (all), got {self.instance_limit}")
         for name in ("num_class_images", "conv_rank", "lr_warmup_steps", "threads"):
@@ -215,4 +236,7 @@ def identity(cfg: Config) -> dict[str, Any]:
     data = config_dict(cfg)
     for name in RUN_FIELDS:
         data.pop(name, None)
+    if data.get("mode") == "text2img":  # runs made before the modes existed stay the same run
+        for name in ("mode", "context", "min_window"):
+            data.pop(name, None)
     return data

@@ -123,3 +123,91 @@ def ensure_class_images(out: Path, cfg: Config, pipe: Any, log: Any) -> tuple[
             bar.update(len(chunk))
     log(f"{len(todo)} class images in {time.monotonic() - start:.1f} s")
     return paths, len(todo)
+
+
+def square_window(mask: np.ndarray, context: float, min_window: int) -> tuple[int, int, int]:
+    """``(top, left, side)``: a square around the mask's box with ``context`` margin (a
+    fraction of the box's larger side), at least ``min_window`` and at most the image's
+    shorter side, moved inside the image.
+
+    >>> m = np.zeros((100, 300), bool); m[40:50, 200:220] = True
+    >>> square_window(m, 1.0, 16)
+    (25, 190, 40)
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    t, b, left, r = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = int(round(max(b - t, r - left) * (1 + context)))
+    side = min(max(side, min_window), h, w)
+    top = min(max(int(round((t + b - side) / 2)), 0), h - side)
+    left = min(max(int(round((left + r - side) / 2)), 0), w - side)
+    return top, left, side
+
+
+def _crop_pair(image: np.ndarray, mask: np.ndarray, top: int, left: int, side: int,
+               size: int) -> tuple[Any, Any]:
+    """An image crop as a ``3 x size x size`` tensor in [-1, 1] and its mask crop as a
+    ``1 x size x size`` 0/1 tensor (thin defects kept: :func:`diag.imageio.resize_mask`)."""
+    import torch
+    from PIL import Image
+
+    from diag.imageio import resize_mask
+
+    crop = to_rgb(image)[top:top + side, left:left + side]
+    img = Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+    m = resize_mask(mask[top:top + side, left:left + side], (size, size))
+    return x, torch.from_numpy(m.astype(np.float32))[None]
+
+
+def inpainting_examples(samples: list[Sample], cfg: Config) -> tuple[Any, Any, list[int]]:
+    """The instance images of the ``inpainting`` mode: each defect image cropped to a square
+    window around its mask (:func:`square_window`), as ``N x 3 x R x R`` images, ``N x 1 x R
+    x R`` masks, and the windows' sides in source pixels."""
+    import torch
+
+    images, masks, sides = [], [], []
+    for s in samples:
+        if s.mask_path is None:
+            raise DiagError(f"defect image {where(s.path)} has no mask file: mode: inpainting "
+                            "trains on the defects' masks; give a dataset layout with masks "
+                            "(or use mode: text2img)")
+        mask = s.mask
+        if not mask.any():
+            raise DiagError(f"the mask {where(s.mask_path)} of defect image {where(s.path)} is "
+                            "empty: fix the mask or drop the image")
+        top, left, side = square_window(mask, cfg.context, cfg.min_window)
+        x, m = _crop_pair(read_image(s.path), mask, top, left, side, cfg.resolution)
+        images.append(x)
+        masks.append(m)
+        sides.append(side)
+    return torch.stack(images), torch.stack(masks), sides
+
+
+def inpainting_class_examples(cfg: Config, masks: Any, sides: list[int]) -> tuple[
+        Any, Any, list[str]]:
+    """The class examples of the ``inpainting`` mode: the first ``num_class_images``
+    defect-free images of the training split (by id), each cropped to a square of an instance
+    window's side at a seeded position and paired with that instance's mask, so the model
+    keeps filling a mask with undamaged surface under the class prompt."""
+    import torch
+
+    assert cfg.dataset is not None
+    free = sorted((s for s in cfg.dataset.load() if s.label == 0), key=lambda s: s.id)
+    free = free[:cfg.num_class_images]
+    if not free:
+        raise DiagError(f"dataset {where(cfg.dataset.root)} has no defect-free (label 0) images "
+                        "in its training split: mode: inpainting's prior preservation uses "
+                        "them; add some or set prior_preservation: false")
+    rng = np.random.default_rng(cfg.seed)
+    images, out_masks = [], []
+    for j, s in enumerate(free):
+        k = j % len(sides)
+        arr = read_image(s.path)
+        h, w = arr.shape[:2]
+        side = min(sides[k], h, w)
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        x, _ = _crop_pair(arr, np.zeros((h, w), bool), top, left, side, cfg.resolution)
+        images.append(x)
+        out_masks.append(masks[k])
+    return torch.stack(images), torch.stack(out_masks), [s.id for s in free]

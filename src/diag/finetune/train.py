@@ -28,8 +28,20 @@ from typing import Any
 from diag.device import resolve_device
 from diag.errors import DiagError, where
 from diag.files import check_folder, lock_folder, save_torch, sha256_file, write_json
-from diag.finetune.config import Config, config_dict, identity
-from diag.finetune.data import ensure_class_images, instance_samples, load_images
+from diag.finetune.config import (
+    DEFAULT_INPAINTING_MODEL,
+    DEFAULT_MODEL,
+    Config,
+    config_dict,
+    identity,
+)
+from diag.finetune.data import (
+    ensure_class_images,
+    inpainting_class_examples,
+    inpainting_examples,
+    instance_samples,
+    load_images,
+)
 
 RUN_FILE = "run.json"
 CKPT_DIR = "checkpoints"
@@ -59,8 +71,9 @@ class _Log:
             print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
-def load_base(model: str) -> Any:
-    """The base text-to-image pipeline (hub id or local folder), in float32 on the CPU."""
+def load_base(model: str, mode: str = "text2img") -> Any:
+    """The base pipeline (hub id or local folder), in float32 on the CPU: a text-to-image one
+    for ``mode: text2img``, an inpainting one (9-channel UNet) for ``mode: inpainting``."""
     from diffusers import DiffusionPipeline
 
     from diag.generators.diffusion.pipeline import (
@@ -72,9 +85,11 @@ def load_base(model: str) -> Any:
 
     quiet_libraries()
     local = Path(model).expanduser()
-    looks_local = check_model_folder(model, "model", "text-to-image pipeline",
-                                     "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                                     "diag tiny-model DIR --kind text2img")
+    inpaint = mode == "inpainting"
+    looks_local = check_model_folder(
+        model, "model", "inpainting pipeline" if inpaint else "text-to-image pipeline",
+        DEFAULT_INPAINTING_MODEL if inpaint else DEFAULT_MODEL,
+        "diag tiny-model DIR" if inpaint else "diag tiny-model DIR --kind text2img")
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     try:
         if looks_local:
@@ -83,15 +98,23 @@ def load_base(model: str) -> Any:
             pipe = _from_hub(DiffusionPipeline, model, kwargs)
     except Exception as exc:  # hub, network and format errors all end here
         raise load_error(exc, model, local if looks_local else None, "the base model",
-                         "text-to-image", "model") from None
+                         "inpainting" if inpaint else "text-to-image", "model") from None
     unet = getattr(pipe, "unet", None)
-    if (unet is None or getattr(pipe, "text_encoder", None) is None
+    if inpaint:
+        if (unet is None or getattr(pipe, "text_encoder", None) is None
+                or getattr(unet.config, "in_channels", None) != 9):
+            raise DiagError(f"model '{model}' is a {type(pipe).__name__}, not an inpainting "
+                            "pipeline with a 9-channel UNet: with mode: inpainting set model to "
+                            f"one, e.g. {DEFAULT_INPAINTING_MODEL}")
+    elif (unet is None or getattr(pipe, "text_encoder", None) is None
             or getattr(pipe, "text_encoder_2", None) is not None
             or unet.config.in_channels != 4 or unet.config.addition_embed_type is not None):
         raise DiagError(f"model '{model}' is a {type(pipe).__name__}: diag finetune trains "
                         "Stable Diffusion 1.x / 2.x text-to-image pipelines (one text encoder, a "
-                        "4-channel UNet): set model to one, e.g. "
-                        "stable-diffusion-v1-5/stable-diffusion-v1-5")
+                        "4-channel UNet) with mode: text2img: set model to one, e.g. "
+                        f"{DEFAULT_MODEL}"
+                        + (", or set mode: inpainting" if unet is not None
+                           and unet.config.in_channels == 9 else ""))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -180,19 +203,19 @@ def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any]) -> Path:
     return final
 
 
-def _save_adapter(out: Path, unet: Any, lora: Any) -> Path:
+def _save_adapter(out: Path, unet: Any, lora: Any, pipeline_class: Any) -> Path:
     """The adapter in diffusers form: ``OUT/adapter/pytorch_lora_weights.safetensors``, which
-    ``StableDiffusionPipeline.load_lora_weights`` loads (ranks and alphas in its metadata)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+    the base pipeline's ``load_lora_weights`` loads (ranks and alphas in its metadata)."""
     from peft.utils import get_peft_model_state_dict
 
     tmp = out / f".{ADAPTER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    layers = convert_state_dict_to_diffusers(
-        {k: v.detach().float().cpu().contiguous()
-         for k, v in get_peft_model_state_dict(unet).items()})
-    StableDiffusionPipeline.save_lora_weights(
+    # peft's key format (lora_A / lora_B) throughout: diffusers' conversion to its older
+    # format renames only the attention keys, and a file mixing both formats loads without
+    # its attention LoRA (silently, for SDXL and SD 1.5 alike)
+    layers = {k: v.detach().float().cpu().contiguous()
+              for k, v in get_peft_model_state_dict(unet).items()}
+    pipeline_class.save_lora_weights(
         tmp, unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata=lora.to_dict())
     with open(tmp / ADAPTER_FILE, "rb") as fh:
@@ -232,6 +255,37 @@ def _encode(pipe: Any, images: Any, device: str, dtype: Any, batch: int = 8) -> 
             means.append(((dist.mean.float() - shift) * scale).cpu())
             stds.append((dist.std.float() * scale).cpu())
     return torch.cat(means), torch.cat(stds)
+
+
+def _condition(pipe: Any, prompt: str, device: str, resolution: int) -> tuple[Any, Any, Any]:
+    """A prompt's conditioning (CPU, float32): the text embeddings, and for SDXL UNets the
+    pooled embedding and the time ids (original size = target size = ``resolution``, no
+    crop), exactly as the SDXL pipelines build them at inference; else None, None."""
+    import torch
+
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return _embed(pipe, prompt, device), None, None
+    with torch.no_grad():
+        emb, _, pooled, _ = pipe.encode_prompt(prompt=prompt, device=device,
+                                               num_images_per_prompt=1,
+                                               do_classifier_free_guidance=False)
+    unet = pipe.unet
+    n = ((unet.add_embedding.linear_1.in_features - pipe.text_encoder_2.config.projection_dim)
+         // unet.config.addition_time_embed_dim)
+    ids = [resolution, resolution, 0, 0] + ([resolution, resolution] if n == 6 else [6.0])
+    return emb.float().cpu(), pooled.float().cpu(), torch.tensor([ids], dtype=torch.float32)
+
+
+def _mask_inputs(pipe: Any, images: Any, masks: Any, latent: int, device: str,
+                 dtype: Any) -> Any:
+    """The extra UNet inputs of inpainting (CPU, float32): the mask at latent size (a latent
+    pixel is masked when any of its pixels is: thin defects stay) and the latents of the image
+    with the mask blanked out (``image * (mask < 0.5)``, as the pipelines), concatenated."""
+    import torch
+
+    small = torch.nn.functional.adaptive_max_pool2d(masks, (latent, latent))
+    masked, _ = _encode(pipe, images * (masks < 0.5), device, dtype)
+    return torch.cat([small, masked], dim=1)
 
 
 def _embed(pipe: Any, prompt: str, device: str) -> Any:
@@ -276,37 +330,59 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     from tqdm import tqdm
 
     started = time.monotonic()
+    inpaint = cfg.mode == "inpainting"
     samples = instance_samples(cfg)  # before anything heavy: data errors come first
+    if inpaint:
+        inst, inst_masks, sides = inpainting_examples(samples, cfg)
+        if cfg.prior_preservation:
+            cls_images, cls_masks, class_ids = inpainting_class_examples(cfg, inst_masks, sides)
     device = resolve_device(cfg.device)
     dtype, use_scaler = _precision(cfg, device)
-    pipe = load_base(cfg.model)
+    pipe = load_base(cfg.model, cfg.mode)
     _check_run(out, cfg, overwrite)
     log = _Log(out, echo=not progress)
     log(f"fine-tuning {cfg.model} on {len(samples)} instance images ('{cfg.instance_prompt}') "
         f"on {device}")
     pipe.to(device, dtype if device.startswith("cuda") else torch.float32)
+    if getattr(pipe.vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16
+        pipe.vae.to(torch.float32)
     class_paths: list[Path] = []
     generated = 0
-    if cfg.prior_preservation:
+    if cfg.prior_preservation and not inpaint:
         class_paths, generated = ensure_class_images(out, cfg, pipe, log)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    inst = load_images([s.path for s in samples], cfg)
-    inst_mean, inst_std = _encode(pipe, inst, device, pipe.vae.dtype)
+    if not inpaint:
+        inst = load_images([s.path for s in samples], cfg)
+    vae_dtype = pipe.vae.dtype
+    inst_mean, inst_std = _encode(pipe, inst, device, vae_dtype)
     flip_mean = flip_std = None
     if cfg.random_flip:
-        flip_mean, flip_std = _encode(pipe, inst.flip(-1), device, pipe.vae.dtype)
+        flip_mean, flip_std = _encode(pipe, inst.flip(-1), device, vae_dtype)
     cls_mean = cls_std = None
     if class_paths:
-        cls_mean, cls_std = _encode(pipe, load_images(class_paths, cfg), device, pipe.vae.dtype)
-    inst_emb = _embed(pipe, cfg.instance_prompt or "", device)
-    cls_emb = _embed(pipe, cfg.class_prompt or "", device)
+        cls_mean, cls_std = _encode(pipe, load_images(class_paths, cfg), device, vae_dtype)
+    # inpainting: the UNet also sees the mask and the masked image's latents (9 channels)
+    cond: dict[str, Any] = {}
+    if inpaint:
+        latent = cfg.resolution // pipe.vae_scale_factor
+        cond["inst"] = _mask_inputs(pipe, inst, inst_masks, latent, device, vae_dtype)
+        if cfg.random_flip:
+            cond["flip"] = _mask_inputs(pipe, inst.flip(-1), inst_masks.flip(-1), latent,
+                                        device, vae_dtype)
+        if cfg.prior_preservation:
+            cls_mean, cls_std = _encode(pipe, cls_images, device, vae_dtype)
+            cond["cls"] = _mask_inputs(pipe, cls_images, cls_masks, latent, device, vae_dtype)
+    inst_emb, inst_pooled, time_ids = _condition(pipe, cfg.instance_prompt or "", device,
+                                                 cfg.resolution)
+    cls_emb, cls_pooled, _ = _condition(pipe, cfg.class_prompt or "", device, cfg.resolution)
 
     unet = pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = noise_scheduler.config.prediction_type
+    pipeline_class = type(pipe)
     del pipe
     unet.requires_grad_(False)
     unet.to(device, dtype)
@@ -374,15 +450,23 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
             order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
             idx = order[k * bs:(k + 1) * bs]
             mean, std = inst_mean[idx], inst_std[idx]
+            extra = cond["inst"][idx] if inpaint else None
             if flip_mean is not None and flip_std is not None:
                 flip = torch.rand(len(idx), generator=gen) < 0.5
                 mean = torch.where(flip[:, None, None, None], flip_mean[idx], mean)
                 std = torch.where(flip[:, None, None, None], flip_std[idx], std)
+                if extra is not None:
+                    extra = torch.where(flip[:, None, None, None], cond["flip"][idx], extra)
             emb = inst_emb.expand(len(idx), -1, -1)
+            pooled = inst_pooled.expand(len(idx), -1) if inst_pooled is not None else None
             if cls_mean is not None and cls_std is not None:
                 cidx = torch.arange(step * bs, step * bs + len(idx)) % len(cls_mean)
                 mean, std = torch.cat([mean, cls_mean[cidx]]), torch.cat([std, cls_std[cidx]])
                 emb = torch.cat([emb, cls_emb.expand(len(idx), -1, -1)])
+                if pooled is not None:
+                    pooled = torch.cat([pooled, cls_pooled.expand(len(idx), -1)])
+                if extra is not None:
+                    extra = torch.cat([extra, cond["cls"][cidx]])
             latents = mean + std * torch.randn(mean.shape, generator=gen)
             noise = torch.randn(latents.shape, generator=gen)
             if cfg.noise_offset:
@@ -391,8 +475,14 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
             t = torch.randint(0, timesteps_n, (len(latents),), generator=gen)
             latents, noise, t = latents.to(device), noise.to(device), t.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, t)
+            if extra is not None:  # mask and masked-image latents, as the inpainting pipelines
+                noisy = torch.cat([noisy, extra.to(device)], dim=1)
+            added = None
+            if pooled is not None:
+                added = {"text_embeds": pooled.to(device, dtype),
+                         "time_ids": time_ids.expand(len(pooled), -1).to(device, dtype)}
             with autocast:
-                pred = unet(noisy.to(dtype), t, emb).sample
+                pred = unet(noisy.to(dtype), t, emb, added_cond_kwargs=added).sample
             target = noise_scheduler.get_velocity(latents, noise, t) \
                 if prediction == "v_prediction" else noise
             mse = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
@@ -436,15 +526,20 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
         bar.close()
     if last_saved != step:
         _save_checkpoint(out, unet, state_now())
-    adapter = _save_adapter(out, unet, lora)
+    adapter = _save_adapter(out, unet, lora, pipeline_class)
     seconds = seconds_before + time.monotonic() - session_start
     result = {
         "config": config_dict(cfg),
+        "mode": cfg.mode,
         "base_model": cfg.model,
+        "pipeline": pipeline_class.__name__,
         "data": {"dataset": cfg.dataset.root if cfg.dataset else None,
                  "split": cfg.dataset.split if cfg.dataset else None,
                  "instance_images": n, "instance_ids": [s.id for s in samples],
-                 "class_images": len(class_paths), "class_images_generated_now": generated,
+                 "class_images": len(class_ids) if inpaint and cfg.prior_preservation
+                 else len(class_paths), "class_images_generated_now": generated,
+                 **({"class_ids": class_ids} if inpaint and cfg.prior_preservation else {}),
+                 **({"window_sides": sides} if inpaint else {}),
                  "instance_prompt": cfg.instance_prompt, "class_prompt": cfg.class_prompt},
         "steps": step, "total_steps": total, "steps_per_epoch": per_epoch,
         "batch_size": bs, "finished": step >= total, "resumed_from": resumed_from,

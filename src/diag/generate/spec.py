@@ -243,7 +243,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     defects = data.get("defects") if isinstance(data.get("defects"), list) else []
     nodes = [(data.get(section), key) for section, key in (
         ("dataset", "root"), ("dataset", "split_file"), ("regions", "path"),
-        ("generator", "model"), ("generator", "textures"))]
+        ("generator", "model"), ("generator", "textures"), ("generator", "adapter"))]
     nodes += [(d.get("regions"), "path") for d in defects if isinstance(d, dict)]
     for node, key in nodes:
         if not isinstance(node, dict) or not isinstance(node.get(key), str) or not node[key]:

@@ -29,24 +29,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from diag.errors import DiagError, where
+from diag.errors import DiagError
 from diag.generators.base import Generator, Request, Result, register
+from diag.generators.lora import adapter_identity, check_adapter, load_adapter
 
 DEFAULT_TEXT2IMG_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ADAPTER_DIR = "adapter"
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
-
-
-def adapter_file(path: str | Path) -> Path | None:
-    """The LoRA weights file of ``path``: a ``diag finetune`` OUT folder, its ``adapter``
-    folder, or the ``.safetensors`` file itself; None when none is there."""
-    p = Path(path).expanduser()
-    for candidate in (p / ADAPTER_DIR / ADAPTER_FILE, p / ADAPTER_FILE):
-        if candidate.is_file():
-            return candidate
-    if p.is_file() and p.suffix == ".safetensors":
-        return p
-    return None
 
 
 @dataclass
@@ -94,11 +81,7 @@ class Text2ImgConfig:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise DiagError(f"{source}: {prefix}dtype is '{self.dtype}', expected auto, float16, "
                             "bfloat16 or float32")
-        if self.adapter is not None and adapter_file(self.adapter) is None:
-            raise DiagError(f"{source}: {prefix}adapter {where(Path(self.adapter))} holds no "
-                            f"{ADAPTER_FILE}: set it to a `diag finetune` OUT folder (run diag "
-                            "finetune first) or its adapter folder, or null for the pretrained "
-                            "model")
+        check_adapter(self.adapter, source, prefix)
 
 
 def load_text2img(config: Text2ImgConfig, device: str) -> Any:
@@ -132,19 +115,7 @@ def load_text2img(config: Text2ImgConfig, device: str) -> Any:
         raise load_error(exc, config.model, local if looks_local else None,
                          "text-to-image model", "text-to-image", "generator.model") from None
     if config.adapter is not None:
-        weights = adapter_file(config.adapter)
-        if weights is None:
-            raise DiagError(f"generator.adapter {where(Path(config.adapter))} holds no "
-                            f"{ADAPTER_FILE}: run `diag finetune` first and set it to its OUT "
-                            "folder")
-        try:
-            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name,
-                                   adapter_name="diag")
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise DiagError(f"cannot load the LoRA adapter {where(weights)} into "
-                            f"'{config.model}' ({type(exc).__name__}: {reason}): the adapter "
-                            "must be trained by `diag finetune` on this model") from None
+        load_adapter(pipe, config.adapter, config.model)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return pipe
@@ -163,12 +134,7 @@ class Text2ImgGenerator(Generator):
         self.pipe = pipeline if pipeline is not None else load_text2img(config, device)
 
     def identity(self) -> dict[str, Any]:
-        from diag.files import sha256_file
-
-        weights = adapter_file(self.config.adapter) if self.config.adapter else None
-        return {"adapter": str(weights) if weights else None,
-                "adapter_sha256": sha256_file(weights) if weights else None,
-                "lora_scale": self.config.lora_scale if weights else None}
+        return adapter_identity(self.config.adapter, self.config.lora_scale)
 
     def describe(self) -> dict[str, Any]:
         from diag.generators.diffusion.pipeline import model_revision

@@ -29,6 +29,7 @@ a smaller model side. Every sample's ``info`` records ``peak_gpu_memory_mib`` (t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from diag.generators.base import Generator, Request, Result, register
 from diag.generators.diffusion import paper
 from diag.generators.diffusion.pipeline import DEFAULT_MODEL, load_pipeline, model_revision
 from diag.generators.diffusion.window import choose_window, crop_for_model, paste_back, paste_mask
+from diag.generators.lora import adapter_identity, check_adapter
 
 RESIZE_MODES = ("crop", "paper")
 ATTENTION_MODES = ("auto", "sdpa", "sliced")
@@ -110,6 +112,10 @@ class DiffusionConfig:
         batch_size: ``crop``: samples per pipeline call (those sharing a model input size and
             whether they have a negative prompt). ``paper`` calls one sample at a time, since
             diffusers' ``padding_mask_crop`` takes one image.
+        adapter: A LoRA adapter from ``diag finetune`` with ``mode: inpainting`` on this model
+            (its OUT folder, adapter folder or weights file): the full-shot variant, where the
+            model has seen the real defects. Default null: the pretrained model (zero-shot).
+        lora_scale: Weight of the adapter (1.0: as trained; 0: none).
     """
 
     model: str = DEFAULT_MODEL
@@ -136,6 +142,8 @@ class DiffusionConfig:
     channels_last: bool = False
     prompt_cache: bool = True
     window_sizes: list[int] | None = None
+    adapter: str | None = None
+    lora_scale: float = 1.0
 
     def validate(self, source: str, prefix: str) -> None:
         if self.resize not in RESIZE_MODES:
@@ -162,6 +170,9 @@ class DiffusionConfig:
             raise DiagError(f"{source}: {prefix}batch_size must be >= 1")
         if self.context < 0 or self.dilate < 0 or self.feather < 0:
             raise DiagError(f"{source}: {prefix}context, dilate and feather must be >= 0")
+        check_adapter(self.adapter, source, prefix)
+        if not math.isfinite(self.lora_scale):
+            raise DiagError(f"{source}: {prefix}lora_scale must be a number")
         if self.attention not in ATTENTION_MODES:
             raise DiagError(f"{source}: {prefix}attention is '{self.attention}', expected auto, "
                             "sdpa or sliced")
@@ -197,12 +208,17 @@ class DiffusionGenerator(Generator):
         """The model side used: ``config.resolution`` or the model's own."""
         return self.config.resolution or self.native
 
+    def identity(self) -> dict[str, Any]:
+        if self.config.adapter is None:  # manifests of zero-shot runs stay as they were
+            return {}
+        return adapter_identity(self.config.adapter, self.config.lora_scale)
+
     def describe(self) -> dict[str, Any]:
         return {"generator": self.kind, "model": self.config.model,
                 "model_revision": self.revision,
                 "model_variant": getattr(self.pipe, "diag_variant", None),
                 "pipeline": type(self.pipe).__name__,
-                "scheduler": type(self.pipe.scheduler).__name__}
+                "scheduler": type(self.pipe.scheduler).__name__, **self.identity()}
 
     def generate(self, request: Request) -> Result:
         return self.generate_batch([request])[0]

@@ -144,6 +144,11 @@ def load_pipeline(config: DiffusionConfig, device: str) -> Any:
         raise load_error(exc, config.model, local if looks_local else None, "diffusion model",
                          "inpainting", "generator.model") from None
     pipe.diag_variant = variant
+    if config.adapter is not None:
+        from diag.generators.lora import ADAPTER_NAME, load_adapter
+
+        load_adapter(pipe, config.adapter, config.model)
+        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[config.lora_scale])
     if config.scheduler:
         import diffusers
 
