@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "magnetic_tile"
 # small and quick: 64 px, 4 instance images, 2 class images made in 2 steps, 1 CPU thread
 SMALL = {"item": "magnetic tile", "instance_limit": 4, "num_class_images": 2, "class_steps": 2,
-         "resolution": 64, "batch_size": 4, "threads": 1, "log_every": 0}
+         "resolution": 64, "batch_size": 4, "threads": 1, "log_every": 0, "repeats": 1}
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +50,20 @@ def write_config(folder: Path, model: Path, **extra: Any) -> Path:
 
 
 def assert_fully_loaded(pipe: Any, run: Path) -> None:
-    """Every LoRA tensor of the run's adapter file is in the pipeline's UNet, unchanged (a
-    partly loaded adapter only warns)."""
+    """Every LoRA tensor of the run's adapter file is in the pipeline's UNet or text encoder,
+    unchanged (a partly loaded adapter only warns)."""
+    import re
+
     from safetensors.torch import load_file
 
     weights = load_file(str(run / "adapter" / "pytorch_lora_weights.safetensors"))
-    import re
-
-    loaded = {re.sub(r"\.lora_([AB])\.[^.]+\.weight$", r".lora_\1.weight", k): v
-              for k, v in pipe.unet.state_dict().items() if ".lora_" in k}
-    assert len(loaded) == len(weights)
+    adapter_name = re.compile(r"[.]lora_([AB])[.][^.]+[.]weight$")
+    loaded = {name + "." + adapter_name.sub(r".lora_\1.weight", k): v
+              for name in ("unet", "text_encoder")
+              for k, v in getattr(pipe, name).state_dict().items() if ".lora_" in k}
+    assert loaded.keys() == weights.keys()
     for k, v in weights.items():
-        assert torch.equal(loaded[k.removeprefix("unet.")], v), k
+        assert torch.equal(loaded[k], v), k
 
 
 def read_result(out: Path) -> dict[str, Any]:
@@ -111,6 +113,10 @@ def test_loss_falls_and_result_file(overfit: Path) -> None:
     assert not test_ids & set(data["instance_ids"])
     assert {"torch", "diffusers", "peft", "transformers"} <= set(result["versions"])
     assert result["config"]["rank"] == 32 and result["config"]["conv_rank"] == 4
+    # the reference's (kohya) choices: text encoder LoRA, clip skip 2, 8-bit AdamW
+    assert result["text_encoder"]["trained"] and result["text_encoder"]["clip_skip"] == 2
+    assert result["text_encoder"]["trainable_parameters"] > 0
+    assert result["optimizer"] == "adamw8bit" and result["steps_per_epoch"] == 1
     assert (overfit / "finetune.log").read_text(encoding="utf-8").count("step ") >= 1
 
 
@@ -269,7 +275,7 @@ def test_inpainting_mode_trains_and_the_diffusion_generator_uses_the_adapter(
     from diag.data.manifest import read_manifest
     from diag.imageio import read_image, read_mask
 
-    config = write_config(tmp_path, tiny_model, mode="inpainting", num_class_images=3,
+    config = write_config(tmp_path, tiny_model, mode="inpainting", num_class_images=3, repeats=10,
                           lr=1e-2, max_steps=30, epochs=30, random_flip=True)
     code, _, err = cli("finetune", config, "--out", tmp_path / "ft")
     assert code == 0, err
@@ -279,6 +285,8 @@ def test_inpainting_mode_trains_and_the_diffusion_generator_uses_the_adapter(
     assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5])
     data = result["data"]
     assert data["instance_images"] == 4 and data["class_images"] == 3
+    assert result["steps_per_epoch"] == 10  # 4 images x 10 repeats (the default) / batch 4
+    assert not result["text_encoder"]["trained"]  # SDXL: two text encoders, frozen
     assert data["class_images_generated_now"] == 0  # real defect-free images, not generated
     assert all(i.startswith("MT_Free/") for i in data["class_ids"])
     assert len(data["window_sides"]) == 4 and min(data["window_sides"]) >= 64

@@ -34,6 +34,7 @@ MODES = ("text2img", "inpainting")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
+OPTIMIZERS = ("adamw8bit", "adamw")
 # Fields that may change between a run and its resumption: they do not change what is trained.
 RUN_FIELDS = ("max_steps", "checkpoint_every", "log_every", "device", "class_batch_size",
               "threads")
@@ -69,12 +70,27 @@ class Config:
         class_guidance: Classifier-free guidance scale of the class images.
         class_batch_size: Class images generated per pipeline call.
         prior_loss_weight: Weight of the prior (class image) loss.
-        rank: LoRA rank of the UNet attention projections (to_q, to_k, to_v, to_out.0).
+        rank: LoRA rank of the linear layers (and 1x1 convolutions), as kohya's ``networks.lora``
+            (the reference's): in the UNet's transformer blocks (attention projections,
+            feed-forward, proj_in / proj_out) and, with ``conv_rank``, the ResNet blocks'
+            time embedding projections and shortcuts; in the text encoder(s) the attention
+            and MLP layers.
         alpha: Their LoRA alpha (scale alpha / rank).
-        conv_rank: LoRA rank of the UNet's convolutions (ResNet conv1 / conv2 / shortcut,
-            down- and up-samplers); 0: no convolution LoRA.
+        conv_rank: LoRA rank of the UNet's 3x3 convolutions (ResNet conv1 / conv2, down- and
+            up-samplers); 0: none (and no LoRA in the ResNet blocks at all).
         conv_alpha: Their LoRA alpha.
-        lr: AdamW learning rate of the LoRA weights.
+        train_text_encoder: Train LoRA on the text encoder too (kohya's default, as the
+            reference). ``auto``: yes for one-text-encoder pipelines (SD 1.x / 2.x), no for
+            SDXL (two encoders: not supported).
+        text_encoder_lr: Learning rate of the text encoder's LoRA (null: ``lr``).
+        clip_skip: Text embeddings from this many layers before the text encoder's last
+            (kohya's numbering: 1 = the last layer, 2 = the penultimate one, then the final
+            layer norm). ``auto``: 2 for ``text2img`` (the reference's), 1 for ``inpainting``
+            (what the diffusion generator's SD pipelines use; SDXL always takes its own
+            penultimate layer).
+        optimizer: ``adamw8bit`` (bitsandbytes' 8-bit AdamW, the reference's; CPU and CUDA)
+            or ``adamw`` (torch's).
+        lr: Learning rate of the UNet's LoRA weights.
         weight_decay: AdamW weight decay.
         lr_scheduler: diffusers ``get_scheduler`` name.
         lr_cycles: Cycles of ``cosine_with_restarts``.
@@ -83,8 +99,10 @@ class Config:
         min_snr_gamma: Min-SNR loss weighting gamma (0: off).
         noise_offset: Noise offset (0: off).
         batch_size: Instance images per step (each paired with a class image).
-        epochs: Passes over the instance images; the schedule's length is epochs x steps per
-            epoch.
+        repeats: Times each instance image comes per epoch (kohya's ``num_repeats``; the
+            reference's dataset config: 10).
+        epochs: Epochs of ``repeats`` passes over the instance images; the schedule's length
+            is epochs x steps per epoch.
         max_steps: Stop after this many steps in all (null: run every epoch); raise it and
             rerun to continue the same run.
         resolution: Square training (and class image) size in pixels, a multiple of 8.
@@ -122,6 +140,10 @@ class Config:
     alpha: float = 16.0
     conv_rank: int = 4
     conv_alpha: float = 1.0
+    train_text_encoder: bool | str = "auto"
+    text_encoder_lr: float | None = None
+    clip_skip: int | str = "auto"
+    optimizer: str = "adamw8bit"
     lr: float = 1e-5
     weight_decay: float = 1e-2
     lr_scheduler: str = "cosine_with_restarts"
@@ -131,6 +153,7 @@ class Config:
     min_snr_gamma: float = 5.0
     noise_offset: float = 0.0
     batch_size: int = 12
+    repeats: int = 10
     epochs: int = 50
     max_steps: int | None = None
     resolution: int = 512
@@ -145,6 +168,13 @@ class Config:
     checkpoint_every: int = 500
     log_every: float = 10.0
     threads: int = 0
+
+    @property
+    def skip(self) -> int:
+        """``clip_skip`` with ``auto`` resolved (kohya's numbering)."""
+        if self.clip_skip == "auto":
+            return 2 if self.mode == "text2img" else 1
+        return int(self.clip_skip)
 
     def __post_init__(self) -> None:
         if not self.model.strip():  # unset: the mode's default
@@ -175,7 +205,7 @@ class Config:
         for name in ("num_class_images", "conv_rank", "lr_warmup_steps", "threads"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        for name in ("rank", "batch_size", "epochs", "class_steps", "class_batch_size",
+        for name in ("rank", "batch_size", "epochs", "class_steps", "class_batch_size", "repeats",
                      "checkpoint_every", "lr_cycles"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
@@ -193,6 +223,17 @@ class Config:
         if self.lr_scheduler not in SCHEDULERS:
             raise bad("lr_scheduler", f"is '{self.lr_scheduler}', expected one of "
                                       f"{', '.join(SCHEDULERS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"is '{self.optimizer}', expected adamw8bit or adamw")
+        if self.text_encoder_lr is not None and self.text_encoder_lr <= 0:
+            raise bad("text_encoder_lr", f"must be > 0 or null (lr), got {self.text_encoder_lr}")
+        if isinstance(self.train_text_encoder, str) and self.train_text_encoder != "auto":
+            raise bad("train_text_encoder", f"is '{self.train_text_encoder}', expected auto, "
+                                            "true or false")
+        if (isinstance(self.clip_skip, str) and self.clip_skip != "auto") or (
+                not isinstance(self.clip_skip, str) and self.clip_skip < 1):
+            raise bad("clip_skip", f"is {self.clip_skip!r}, expected auto or a whole number >= "
+                                   "1 (1: the last layer, 2: the penultimate one)")
         if self.mixed_precision not in PRECISIONS:
             raise bad("mixed_precision", f"is '{self.mixed_precision}', expected one of "
                                          f"{', '.join(PRECISIONS)}")

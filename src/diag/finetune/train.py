@@ -1,12 +1,15 @@
 """DreamBooth + LoRA fine-tuning, the diffusers / peft way (as diffusers'
 ``train_dreambooth_lora.py``), with the In&Out reference's settings.
 
-The UNet gets peft LoRA layers on its attention projections (``rank`` / ``alpha``) and on its
-convolutions (``conv_rank`` / ``conv_alpha``, peft's LoRA on ``Conv2d``); the text encoder
-and the VAE stay frozen, so the prompts' embeddings and the images' latent distributions are
-computed once. Each step takes ``batch_size`` instance images and as many class images, draws
-noise and timesteps from one seeded generator, and minimises the min-SNR weighted noise
-prediction error (instance + ``prior_loss_weight`` x class).
+LoRA goes where kohya's ``networks.lora`` (the reference's trainer) puts it: the UNet's
+linear layers and 1x1 convolutions (``rank`` / ``alpha``) and 3x3 convolutions (``conv_rank``
+/ ``conv_alpha``, peft's LoRA on ``Conv2d``), and the text encoder's attention and MLP layers
+(``train_text_encoder``). The VAE stays frozen, so the images' latent distributions are
+computed once (and, with a frozen text encoder, the prompts' embeddings). Each step takes
+``batch_size`` instance images and as many class images, draws noise and timesteps from one
+seeded generator, and minimises the min-SNR weighted noise prediction error (instance +
+``prior_loss_weight`` x class). ``mode: inpainting`` trains an inpainting pipeline the same
+way on windows around the real defects, with their masks (:mod:`diag.finetune.data`).
 
 Every ``checkpoint_every`` steps (and at the end) a checkpoint folder is written whole and then
 renamed into place: ``OUT/checkpoints/step-N/`` with the LoRA weights (safetensors) and
@@ -48,12 +51,17 @@ CKPT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 LOG_FILE = "finetune.log"
-ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-CONVS = ("conv1", "conv2", "conv_shortcut", "conv")
-TARGETS = (r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
-           r"|.*resnets\.\d+\.(conv1|conv2|conv_shortcut)$"
+# kohya's networks.lora (the reference's): every linear layer and 1x1 convolution of the UNet's
+# transformer blocks; with conv_dim, also the ResNet blocks' (3x3 convolutions at conv rank)
+# and the down/up-samplers'; in the text encoder, the attention and MLP layers
+TRANSFORMER = (r".*attentions\.\d+\.(proj_in|proj_out)$"
+               r"|.*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$"
+               r"|.*transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")
+TARGETS = (TRANSFORMER + r"|.*resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)$"
            r"|.*(downsamplers|upsamplers)\.\d+\.conv$")
-ATTENTION_ONLY = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+CONV_3X3 = ("resnets\\.\\d+\\.conv1", "resnets\\.\\d+\\.conv2", "downsamplers\\.\\d+\\.conv",
+            "upsamplers\\.\\d+\\.conv")
+TEXT_TARGETS = r".*layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$"
 
 
 class _Log:
@@ -120,18 +128,54 @@ def load_base(model: str, mode: str = "text2img") -> Any:
 
 
 def lora_config(cfg: Config) -> Any:
-    """peft's LoraConfig: rank/alpha on the attention projections, conv_rank/conv_alpha on the
-    convolutions (peft matches ``rank_pattern`` keys at the end of module names)."""
+    """peft's LoraConfig of the UNet: rank/alpha on the linear layers and 1x1 convolutions,
+    conv_rank/conv_alpha on the 3x3 convolutions (peft matches ``rank_pattern`` keys at the
+    end of module names)."""
     from peft import LoraConfig
 
     if cfg.conv_rank == 0:
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                          target_modules=ATTENTION_ONLY)
-    pattern = {f"resnets.\\d+.{c}": cfg.conv_rank for c in CONVS[:3]}
-    pattern.update({f"{s}.\\d+.conv": cfg.conv_rank for s in ("downsamplers", "upsamplers")})
+                          target_modules=TRANSFORMER)
+    pattern = dict.fromkeys(CONV_3X3, cfg.conv_rank)
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                      target_modules=TARGETS, rank_pattern=dict(pattern),
-                      alpha_pattern={k: cfg.conv_alpha for k in pattern})
+                      target_modules=TARGETS, rank_pattern=pattern,
+                      alpha_pattern=dict.fromkeys(CONV_3X3, cfg.conv_alpha))
+
+
+def text_lora_config(cfg: Config) -> Any:
+    """peft's LoraConfig of the text encoder (kohya's: attention and MLP, rank / alpha)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                      target_modules=TEXT_TARGETS)
+
+
+def _trains_text_encoder(cfg: Config, pipe: Any) -> bool:
+    """Whether the text encoder gets LoRA (``auto``: one-encoder pipelines); checks that
+    ``train_text_encoder`` and ``clip_skip`` suit the pipeline."""
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if sdxl and cfg.train_text_encoder is True:
+        raise DiagError(f"train_text_encoder: true is not supported for '{cfg.model}' (SDXL: two "
+                        "text encoders): set train_text_encoder: false (or auto)")
+    if sdxl and cfg.skip != 1:
+        raise DiagError(f"clip_skip {cfg.clip_skip} does not apply to '{cfg.model}' (SDXL takes "
+                        "its text encoders' penultimate layers itself): set clip_skip: auto")
+    return bool(cfg.train_text_encoder) and not sdxl
+
+
+def _optimizer(cfg: Config, groups: list[dict[str, Any]]) -> Any:
+    """AdamW over the parameter groups: bitsandbytes' 8-bit one (the reference's) or torch's."""
+    import torch
+
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:  # noqa: BLE001 - missing, or no build for this platform
+        raise DiagError(f"optimizer adamw8bit needs bitsandbytes, which does not import here "
+                        f"({type(exc).__name__}: {exc}): pip install bitsandbytes, or set "
+                        "optimizer: adamw") from None
+    return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
 
 
 def _precision(cfg: Config, device: str) -> tuple[Any, bool]:
@@ -179,8 +223,16 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any]) -> Path:
+def _lora_weights(model: Any) -> dict[str, Any]:
+    """A model's LoRA weights (peft's key format), float32 on the CPU."""
     from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(model).items()}
+
+
+def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any], text_encoder: Any = None
+                     ) -> Path:
     from safetensors.torch import save_file
 
     folder = out / CKPT_DIR
@@ -189,11 +241,13 @@ def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any]) -> Path:
     tmp = folder / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().float().cpu().contiguous()
-               for k, v in get_peft_model_state_dict(unet).items()}
-    save_file(weights, str(tmp / "lora.safetensors"))
-    with open(tmp / "lora.safetensors", "rb") as fh:
-        os.fsync(fh.fileno())
+    files = {"lora.safetensors": unet}
+    if text_encoder is not None:
+        files["text_encoder_lora.safetensors"] = text_encoder
+    for name, model in files.items():
+        save_file(_lora_weights(model), str(tmp / name))
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
     save_torch(tmp / "state.pt", state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -203,21 +257,23 @@ def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any]) -> Path:
     return final
 
 
-def _save_adapter(out: Path, unet: Any, lora: Any, pipeline_class: Any) -> Path:
-    """The adapter in diffusers form: ``OUT/adapter/pytorch_lora_weights.safetensors``, which
-    the base pipeline's ``load_lora_weights`` loads (ranks and alphas in its metadata)."""
-    from peft.utils import get_peft_model_state_dict
-
+def _save_adapter(out: Path, unet: Any, lora: Any, pipeline_class: Any,
+                  text_encoder: Any = None, text_lora: Any = None) -> Path:
+    """The adapter in diffusers form: ``OUT/adapter/pytorch_lora_weights.safetensors`` (UNet
+    and, when trained, text encoder LoRA), which the base pipeline's ``load_lora_weights``
+    loads (ranks and alphas in its metadata)."""
     tmp = out / f".{ADAPTER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # peft's key format (lora_A / lora_B) throughout: diffusers' conversion to its older
     # format renames only the attention keys, and a file mixing both formats loads without
     # its attention LoRA (silently, for SDXL and SD 1.5 alike)
-    layers = {k: v.detach().float().cpu().contiguous()
-              for k, v in get_peft_model_state_dict(unet).items()}
+    extra: dict[str, Any] = {}
+    if text_encoder is not None:
+        extra = {"text_encoder_lora_layers": _lora_weights(text_encoder),
+                 "text_encoder_lora_adapter_metadata": text_lora.to_dict()}
     pipeline_class.save_lora_weights(
-        tmp, unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata=lora.to_dict())
+        tmp, unet_lora_layers=_lora_weights(unet), safe_serialization=True,
+        unet_lora_adapter_metadata=lora.to_dict(), **extra)
     with open(tmp / ADAPTER_FILE, "rb") as fh:
         os.fsync(fh.fileno())
     final = out / ADAPTER_DIR
@@ -257,14 +313,17 @@ def _encode(pipe: Any, images: Any, device: str, dtype: Any, batch: int = 8) -> 
     return torch.cat(means), torch.cat(stds)
 
 
-def _condition(pipe: Any, prompt: str, device: str, resolution: int) -> tuple[Any, Any, Any]:
+def _condition(pipe: Any, prompt: str, device: str, resolution: int, skip: int = 1
+               ) -> tuple[Any, Any, Any]:
     """A prompt's conditioning (CPU, float32): the text embeddings, and for SDXL UNets the
     pooled embedding and the time ids (original size = target size = ``resolution``, no
     crop), exactly as the SDXL pipelines build them at inference; else None, None."""
     import torch
 
     if getattr(pipe, "text_encoder_2", None) is None:
-        return _embed(pipe, prompt, device), None, None
+        with torch.no_grad():
+            return _text_embeddings(pipe.text_encoder, _tokens(pipe, prompt).to(device),
+                                    skip).float().cpu(), None, None
     with torch.no_grad():
         emb, _, pooled, _ = pipe.encode_prompt(prompt=prompt, device=device,
                                                num_images_per_prompt=1,
@@ -288,13 +347,20 @@ def _mask_inputs(pipe: Any, images: Any, masks: Any, latent: int, device: str,
     return torch.cat([small, masked], dim=1)
 
 
-def _embed(pipe: Any, prompt: str, device: str) -> Any:
-    import torch
+def _tokens(pipe: Any, prompt: str) -> Any:
+    return pipe.tokenizer(prompt, padding="max_length",
+                          max_length=pipe.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
 
-    tok = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        return pipe.text_encoder(tok.input_ids.to(device))[0].float().cpu()
+
+def _text_embeddings(text_encoder: Any, ids: Any, skip: int) -> Any:
+    """The text encoder's output ``skip`` layers from the end (kohya's clip_skip: 1 is the
+    last layer; more takes that hidden state through the final layer norm, as kohya does)."""
+    if skip == 1:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-skip]
+    # transformers 5 keeps the final layer norm on the model itself, 4.x on its text_model
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
 
 
 def finetune(cfg: Config, out: str | Path, overwrite: bool = False,
@@ -325,6 +391,7 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params, compute_snr
+    from peft import inject_adapter_in_model
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
     from tqdm import tqdm
@@ -346,6 +413,7 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     pipe.to(device, dtype if device.startswith("cuda") else torch.float32)
     if getattr(pipe.vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16
         pipe.vae.to(torch.float32)
+    train_te = _trains_text_encoder(cfg, pipe)
     class_paths: list[Path] = []
     generated = 0
     if cfg.prior_preservation and not inpaint:
@@ -376,8 +444,12 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
             cls_mean, cls_std = _encode(pipe, cls_images, device, vae_dtype)
             cond["cls"] = _mask_inputs(pipe, cls_images, cls_masks, latent, device, vae_dtype)
     inst_emb, inst_pooled, time_ids = _condition(pipe, cfg.instance_prompt or "", device,
-                                                 cfg.resolution)
-    cls_emb, cls_pooled, _ = _condition(pipe, cfg.class_prompt or "", device, cfg.resolution)
+                                                 cfg.resolution, cfg.skip)
+    cls_emb, cls_pooled, _ = _condition(pipe, cfg.class_prompt or "", device, cfg.resolution,
+                                        cfg.skip)
+    prompt_ids = torch.cat([_tokens(pipe, cfg.instance_prompt or ""),
+                            _tokens(pipe, cfg.class_prompt or "")]).to(device)
+    text_encoder = pipe.text_encoder if train_te else None
 
     unet = pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -398,13 +470,29 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
+    groups = [{"params": params, "lr": cfg.lr}]
+    text_lora = None
+    if text_encoder is not None:
+        text_encoder.requires_grad_(False)
+        text_encoder.to(device, dtype)
+        text_lora = text_lora_config(cfg)
+        torch.manual_seed(cfg.seed + 1)
+        # peft directly: transformers' add_adapter asks for a peft newer than any released
+        text_encoder = inject_adapter_in_model(text_lora, text_encoder)
+        cast_training_params(text_encoder, dtype=torch.float32)
+        if checkpointing:
+            text_encoder.gradient_checkpointing_enable()
+        text_encoder.train()
+        te_params = [p for p in text_encoder.parameters() if p.requires_grad]
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr or cfg.lr})
+        params = params + te_params
 
     n = len(samples)
-    bs = min(cfg.batch_size, n)
-    per_epoch = math.ceil(n / bs)
+    bs = min(cfg.batch_size, n * cfg.repeats)
+    per_epoch = math.ceil(n * cfg.repeats / bs)
     total = cfg.epochs * per_epoch
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg, groups)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                               num_training_steps=total, num_cycles=cfg.lr_cycles)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -416,6 +504,10 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         set_peft_model_state_dict(unet, load_file(str(ckpt / "lora.safetensors")))
         cast_training_params(unet, dtype=torch.float32)
+        if text_encoder is not None:
+            set_peft_model_state_dict(text_encoder,
+                                      load_file(str(ckpt / "text_encoder_lora.safetensors")))
+            cast_training_params(text_encoder, dtype=torch.float32)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -447,8 +539,13 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     try:
         while step < stop:
             epoch, k = divmod(step, per_epoch)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            order = torch.randperm(n * cfg.repeats,
+                                   generator=torch.Generator().manual_seed(cfg.seed + epoch)) % n
             idx = order[k * bs:(k + 1) * bs]
+            if text_encoder is not None:  # the prompts through the training text encoder
+                with autocast:
+                    both = _text_embeddings(text_encoder, prompt_ids, cfg.skip)
+                inst_emb, cls_emb = both[:1], both[1:]
             mean, std = inst_mean[idx], inst_std[idx]
             extra = cond["inst"][idx] if inpaint else None
             if flip_mean is not None and flip_std is not None:
@@ -520,13 +617,13 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
                 last_log = time.monotonic()
                 log(f"step {step}/{stop} loss {value:.4f} lr {scheduler.get_last_lr()[0]:.3e}")
             if step % cfg.checkpoint_every == 0 and step < stop:
-                _save_checkpoint(out, unet, state_now())
+                _save_checkpoint(out, unet, state_now(), text_encoder)
                 last_saved = step
     finally:
         bar.close()
     if last_saved != step:
-        _save_checkpoint(out, unet, state_now())
-    adapter = _save_adapter(out, unet, lora, pipeline_class)
+        _save_checkpoint(out, unet, state_now(), text_encoder)
+    adapter = _save_adapter(out, unet, lora, pipeline_class, text_encoder, text_lora)
     seconds = seconds_before + time.monotonic() - session_start
     result = {
         "config": config_dict(cfg),
@@ -548,8 +645,13 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
         "device": device, "precision": str(dtype).replace("torch.", ""),
         "gradient_checkpointing": bool(checkpointing),
         "lora": {"trainable_parameters": n_params, "targets": TARGETS if cfg.conv_rank
-                 else ATTENTION_ONLY, "rank": cfg.rank, "alpha": cfg.alpha,
+                 else TRANSFORMER, "rank": cfg.rank, "alpha": cfg.alpha,
                  "conv_rank": cfg.conv_rank, "conv_alpha": cfg.conv_alpha},
+        "text_encoder": {"trained": text_encoder is not None, "clip_skip": cfg.skip,
+                         **({"targets": TEXT_TARGETS, "lr": cfg.text_encoder_lr or cfg.lr,
+                             "trainable_parameters": sum(p.numel() for p in te_params)}
+                            if text_encoder is not None else {})},
+        "optimizer": cfg.optimizer, "repeats": cfg.repeats,
         "adapter": {"path": f"{ADAPTER_DIR}/{ADAPTER_FILE}", "sha256": sha256_file(adapter)},
         "versions": _versions(),
     }
