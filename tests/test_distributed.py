@@ -92,6 +92,25 @@ def test_torchrun_two_processes_make_the_single_process_set(reference, tmp_path:
     assert_same_set(tmp_path / "out", one)
 
 
+def test_accelerate_launch_two_processes_make_the_single_process_set(reference, tmp_path: Path
+                                                                     ) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` (accelerate's distributed launcher;
+    without GPUs each process runs on the CPU) gives each process RANK / WORLD_SIZE like
+    torchrun: the same set as one process. (`--cpu` alone runs one process; accelerate's
+    multi-CPU launch needs MPI.)"""
+    spec, one = reference
+    out = tmp_path / "out"
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "diag", "generate", str(spec), "--out", str(out)]
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf")}  # no accelerate config file of the user's
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"shard {rank}/2 from torchrun/accelerate: RANK={rank}, WORLD_SIZE=2" in done.stderr
+    assert_same_set(out, one)
+
+
 def test_a_crashed_rank_is_redone_by_rerunning(reference, tmp_path: Path, cli,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0 stopped after 30 samples, rank 1 finished: the same torchrun command again makes
