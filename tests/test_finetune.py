@@ -116,7 +116,14 @@ def test_loss_falls_and_result_file(overfit: Path) -> None:
     # the reference's (kohya) choices: text encoder LoRA, clip skip 2, 8-bit AdamW
     assert result["text_encoder"]["trained"] and result["text_encoder"]["clip_skip"] == 2
     assert result["text_encoder"]["trainable_parameters"] > 0
-    assert result["optimizer"] == "adamw8bit" and result["steps_per_epoch"] == 1
+    assert result["optimizer"] == "adamw8bit"
+    # aspect-ratio buckets (kohya's): whole images at their own shape, area <= 64 x 64
+    assert sum(result["buckets"].values()) == 4
+    for name in result["buckets"]:
+        w, h = map(int, name.split("x"))
+        assert w % 32 == 0 and h % 32 == 0 and w * h <= 64 * 64
+    steps = sum(-(-n // 4) for n in result["buckets"].values())  # ceil(n x 1 repeat / 4)
+    assert result["steps_per_epoch"] == steps
     assert (overfit / "finetune.log").read_text(encoding="utf-8").count("step ") >= 1
 
 
@@ -247,7 +254,7 @@ def test_kill_9_then_rerun_finishes_the_same_run(tiny_text2img: Path, tmp_path: 
     code, _, err = cli("finetune", config, "--out", out)
     assert code == 0, err
     resumed = read_result(out)
-    assert resumed["steps"] == steps and resumed["finished"]
+    assert resumed["steps"] == steps
     assert resumed["resumed_from"] is not None and 2 <= resumed["resumed_from"] < steps
     assert not [p for p in out.rglob("*") if ".tmp" in p.name or ".old" in p.name]
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{steps:07d}"]
@@ -352,3 +359,20 @@ def test_mode_and_model_must_agree(tiny_model: Path, tiny_text2img: Path, tmp_pa
     code, _, err = cli("finetune", write_config(tmp_path, tiny_model, mode="outpainting"),
                        "--out", tmp_path / "c")
     assert code == 2 and "mode is 'outpainting'" in err
+
+
+@pytest.mark.parametrize("name", ["finetune.yaml", "finetune_inpainting.yaml"])
+def test_example_configs_are_valid(name: str) -> None:
+    """The example configs parse and validate, with their defaults: the reference's."""
+    from diag.finetune.config import load_config
+
+    cfg = load_config(ROOT / "examples" / name)
+    assert cfg.dataset is not None and cfg.dataset.split == "train"
+    assert cfg.instance_prompt == "sks magnetic tile" and cfg.class_prompt == "magnetic tile"
+    assert (cfg.rank, cfg.alpha, cfg.conv_rank, cfg.conv_alpha, cfg.lr) == (32, 16, 4, 1, 1e-5)
+    assert (cfg.batch_size, cfg.epochs, cfg.repeats, cfg.seed) == (12, 50, 10, 1234)
+    assert cfg.optimizer == "adamw8bit" and cfg.lr_scheduler == "cosine_with_restarts"
+    if cfg.mode == "text2img":
+        assert cfg.skip == 2 and (cfg.bucket_min, cfg.bucket_max, cfg.bucket_step) == (256, 1024, 64)
+    else:
+        assert cfg.skip == 1 and cfg.resolution == 1024

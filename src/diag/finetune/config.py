@@ -106,8 +106,19 @@ class Config:
         max_steps: Stop after this many steps in all (null: run every epoch); raise it and
             rerun to continue the same run.
         resolution: Square training (and class image) size in pixels, a multiple of 8.
-        center_crop: ``text2img``: centre-crop to a square after resizing the shorter side
-            (false: resize the whole image to a square).
+        buckets: ``text2img``: train each instance image at the aspect ratio of its own
+            (kohya's aspect-ratio buckets, the reference's ``enable_bucket``): sides
+            ``bucket_min`` to ``bucket_max`` in steps of ``bucket_step``, area at most
+            ``resolution`` squared; the image is resized to cover its bucket and
+            centre-cropped, so nothing of a long image is lost. A batch holds one bucket.
+            False: squares (``center_crop``).
+        bucket_min: Smallest bucket side (null: half of ``resolution``; 256 at 512, the
+            reference's).
+        bucket_max: Largest bucket side (null: twice ``resolution``; 1024 at 512).
+        bucket_step: Bucket sides are multiples of this (null: 64, or half of ``resolution``
+            when smaller).
+        center_crop: ``text2img`` without buckets: centre-crop to a square after resizing the
+            shorter side (false: resize the whole image to a square).
         context: ``inpainting``: margin around the defect's box in the square window, as a
             fraction of the box's larger side (as the diffusion generator's ``context``).
         min_window: ``inpainting``: smallest window side in source pixels.
@@ -157,6 +168,10 @@ class Config:
     epochs: int = 50
     max_steps: int | None = None
     resolution: int = 512
+    buckets: bool = True
+    bucket_min: int | None = None
+    bucket_max: int | None = None
+    bucket_step: int | None = None
     center_crop: bool = True
     context: float = 1.0
     min_window: int = 64
@@ -177,6 +192,12 @@ class Config:
         return int(self.clip_skip)
 
     def __post_init__(self) -> None:
+        if self.bucket_min is None:
+            self.bucket_min = max(8, self.resolution // 2)
+        if self.bucket_max is None:
+            self.bucket_max = self.resolution * 2
+        if self.bucket_step is None:
+            self.bucket_step = max(8, min(64, self.resolution // 2))
         if not self.model.strip():  # unset: the mode's default
             self.model = DEFAULT_INPAINTING_MODEL if self.mode == "inpainting" else DEFAULT_MODEL
         if self.instance_prompt is None and self.item.strip():
@@ -196,6 +217,14 @@ class Config:
                       "training split only (test images must stay unseen): set dataset.split: train")
         if self.mode not in MODES:
             raise bad("mode", f"is '{self.mode}', expected text2img or inpainting")
+        if self.bucket_step < 8 or self.bucket_step % 8 or not (
+                self.bucket_step <= self.bucket_min <= self.bucket_max):
+            raise bad("bucket_step", f"must be a multiple of 8 with bucket_step <= bucket_min <= "
+                                     f"bucket_max (got {self.bucket_step}, {self.bucket_min}, "
+                                     f"{self.bucket_max})")
+        if self.buckets and self.mode == "text2img" and self.bucket_min > self.resolution:
+            raise bad("bucket_min", f"({self.bucket_min}) must be at most resolution "
+                                    f"({self.resolution}), or set buckets: false")
         if self.context < 0 or self.min_window < 8:
             raise bad("context", "must be >= 0 and min_window >= 8")
         if not self.item.strip():

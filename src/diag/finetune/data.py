@@ -7,6 +7,7 @@ images (label 1): the instance images' ids are recorded in ``finetune.json``.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,52 @@ def to_tensor(arr: np.ndarray, size: int, center_crop: bool) -> Any:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
     return x / 127.5 - 1.0
+
+
+def bucket_sizes(resolution: int, low: int, high: int, step: int) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets ``(width, height)`` as kohya's ``make_bucket_resolutions``: sides
+    from ``low`` to ``high`` in multiples of ``step``, each bucket's area at most
+    ``resolution`` squared, plus the square.
+
+    >>> sizes = bucket_sizes(512, 256, 1024, 64)
+    >>> (512, 512) in sizes, (256, 1024) in sizes, (1024, 256) in sizes, len(sizes)
+    (True, True, True, 17)
+    """
+    area = resolution * resolution
+    sizes = {(int(math.sqrt(area) // step) * step,) * 2}
+    for width in range(low, high + 1, step):
+        height = min(high, int((area // width) // step) * step)
+        if height >= low:
+            sizes.update({(width, height), (height, width)})
+    return sorted(sizes)
+
+
+def to_bucket(arr: np.ndarray, sizes: list[tuple[int, int]]) -> Any:
+    """A ``uint8`` image in the bucket of the nearest aspect ratio (kohya's way): resized to
+    cover it (bicubic), centre-cropped to it; a ``3 x H x W`` float tensor in [-1, 1]."""
+    import torch
+    from PIL import Image
+
+    img = Image.fromarray(to_rgb(arr))
+    w, h = img.size
+    ratios = np.array([bw / bh for bw, bh in sizes])
+    bw, bh = sizes[int(np.argmin(np.abs(ratios - w / h)))]
+    scale = bh / h if w / h > bw / bh else bw / w
+    nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - bw) // 2, (nh - bh) // 2
+    img = img.crop((left, top, left + bw, top + bh))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+    return x / 127.5 - 1.0
+
+
+def load_instances(paths: list[Path], cfg: Config) -> list[Any]:
+    """The instance images as ``3 x H x W`` tensors: in aspect-ratio buckets
+    (``buckets: true``), else squares of ``resolution`` (:func:`to_tensor`)."""
+    if cfg.buckets:
+        sizes = bucket_sizes(cfg.resolution, cfg.bucket_min, cfg.bucket_max, cfg.bucket_step)
+        return [to_bucket(read_image(p), sizes) for p in paths]
+    return list(load_images(paths, cfg))
 
 
 def load_images(paths: list[Path], cfg: Config) -> Any:

@@ -44,6 +44,7 @@ from diag.finetune.data import (
     inpainting_examples,
     instance_samples,
     load_images,
+    load_instances,
 )
 
 RUN_FILE = "run.json"
@@ -335,6 +336,31 @@ def _condition(pipe: Any, prompt: str, device: str, resolution: int, skip: int =
     return emb.float().cpu(), pooled.float().cpu(), torch.tensor([ids], dtype=torch.float32)
 
 
+def _take(store: Any, idx: Any) -> Any:
+    """Rows ``idx`` of a tensor, or items ``idx`` of a list of equally shaped tensors, as one
+    tensor."""
+    import torch
+
+    return torch.stack([store[i] for i in idx.tolist()])
+
+
+def _encode_each(pipe: Any, images: list[Any], device: str, dtype: Any) -> tuple[
+        list[Any], list[Any]]:
+    """:func:`_encode` of images of several sizes (encoded in batches of one size)."""
+    import torch
+
+    means: list[Any] = [None] * len(images)
+    stds: list[Any] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(images):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    for members in by_shape.values():
+        m, s = _encode(pipe, torch.stack([images[i] for i in members]), device, dtype)
+        for j, i in enumerate(members):
+            means[i], stds[i] = m[j], s[j]
+    return means, stds
+
+
 def _mask_inputs(pipe: Any, images: Any, masks: Any, latent: int, device: str,
                  dtype: Any) -> Any:
     """The extra UNet inputs of inpainting (CPU, float32): the mask at latent size (a latent
@@ -422,13 +448,22 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    if not inpaint:
-        inst = load_images([s.path for s in samples], cfg)
     vae_dtype = pipe.vae.dtype
-    inst_mean, inst_std = _encode(pipe, inst, device, vae_dtype)
+    if inpaint:  # windows of one size: one tensor
+        inst_mean, inst_std = _encode(pipe, inst, device, vae_dtype)
+        flip_images = inst.flip(-1)
+    else:  # aspect-ratio buckets: a list, one tensor per image
+        inst = load_instances([s.path for s in samples], cfg)
+        inst_mean, inst_std = _encode_each(pipe, inst, device, vae_dtype)
+        flip_images = [x.flip(-1) for x in inst]
     flip_mean = flip_std = None
     if cfg.random_flip:
-        flip_mean, flip_std = _encode(pipe, inst.flip(-1), device, vae_dtype)
+        flip_mean, flip_std = (_encode(pipe, flip_images, device, vae_dtype) if inpaint
+                               else _encode_each(pipe, flip_images, device, vae_dtype))
+    vae_factor = pipe.vae_scale_factor
+    buckets: dict[tuple[int, ...], list[int]] = {}  # latent shape -> instance indices
+    for i in range(len(samples)):
+        buckets.setdefault(tuple(inst_mean[i].shape), []).append(i)
     cls_mean = cls_std = None
     if class_paths:
         cls_mean, cls_std = _encode(pipe, load_images(class_paths, cfg), device, vae_dtype)
@@ -489,7 +524,24 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
 
     n = len(samples)
     bs = min(cfg.batch_size, n * cfg.repeats)
-    per_epoch = math.ceil(n * cfg.repeats / bs)
+    per_epoch = sum(math.ceil(len(m) * cfg.repeats / bs) for m in buckets.values())
+    epoch_order: dict[int, list[Any]] = {}
+
+    def batches(epoch: int) -> list[Any]:
+        """The epoch's batches of instance indices: every image ``repeats`` times, shuffled
+        within its bucket; with several buckets, the batches shuffled too."""
+        if epoch not in epoch_order:
+            epoch_order.clear()
+            g = torch.Generator().manual_seed(cfg.seed + epoch)
+            chunks = []
+            for members in buckets.values():
+                m = torch.tensor(members)
+                order = m[torch.randperm(len(m) * cfg.repeats, generator=g) % len(m)]
+                chunks += [order[i:i + bs] for i in range(0, len(order), bs)]
+            if len(buckets) > 1:
+                chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=g)]
+            epoch_order[epoch] = chunks
+        return epoch_order[epoch]
     total = cfg.epochs * per_epoch
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
     optimizer = _optimizer(cfg, groups)
@@ -532,6 +584,35 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
                 "seconds": seconds_before + time.monotonic() - session_start,
                 "identity": identity(cfg)}
 
+    def noise_loss(mean: Any, std: Any, emb: Any, pooled: Any, extra: Any) -> Any:
+        """The min-SNR weighted noise (or v) prediction error of each sample of a batch of
+        latent distributions (noise, timesteps and latents drawn from ``gen``)."""
+        latents = mean + std * torch.randn(mean.shape, generator=gen)
+        noise = torch.randn(latents.shape, generator=gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn(
+                (len(latents), latents.shape[1], 1, 1), generator=gen)
+        t = torch.randint(0, timesteps_n, (len(latents),), generator=gen)
+        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        if extra is not None:  # mask and masked-image latents, as the inpainting pipelines
+            noisy = torch.cat([noisy, extra.to(device)], dim=1)
+        added = None
+        if pooled is not None:
+            added = {"text_embeds": pooled.to(device, dtype),
+                     "time_ids": time_ids.expand(len(pooled), -1).to(device, dtype)}
+        with autocast:
+            pred = unet(noisy.to(dtype), t, emb, added_cond_kwargs=added).sample
+        target = noise_scheduler.get_velocity(latents, noise, t) \
+            if prediction == "v_prediction" else noise
+        mse = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
+        mse = mse.mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma:
+            snr = compute_snr(noise_scheduler, t)
+            clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
+            mse = mse * (clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr)
+        return mse
+
     bar = tqdm(total=stop, initial=step, desc="finetune", unit="step", disable=not progress,
                dynamic_ncols=True)
     last_log = time.monotonic()
@@ -539,55 +620,33 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     try:
         while step < stop:
             epoch, k = divmod(step, per_epoch)
-            order = torch.randperm(n * cfg.repeats,
-                                   generator=torch.Generator().manual_seed(cfg.seed + epoch)) % n
-            idx = order[k * bs:(k + 1) * bs]
+            idx = batches(epoch)[k]
             if text_encoder is not None:  # the prompts through the training text encoder
                 with autocast:
                     both = _text_embeddings(text_encoder, prompt_ids, cfg.skip)
                 inst_emb, cls_emb = both[:1], both[1:]
-            mean, std = inst_mean[idx], inst_std[idx]
+            mean, std = _take(inst_mean, idx), _take(inst_std, idx)
             extra = cond["inst"][idx] if inpaint else None
             if flip_mean is not None and flip_std is not None:
                 flip = torch.rand(len(idx), generator=gen) < 0.5
-                mean = torch.where(flip[:, None, None, None], flip_mean[idx], mean)
-                std = torch.where(flip[:, None, None, None], flip_std[idx], std)
+                mean = torch.where(flip[:, None, None, None], _take(flip_mean, idx), mean)
+                std = torch.where(flip[:, None, None, None], _take(flip_std, idx), std)
                 if extra is not None:
                     extra = torch.where(flip[:, None, None, None], cond["flip"][idx], extra)
-            emb = inst_emb.expand(len(idx), -1, -1)
-            pooled = inst_pooled.expand(len(idx), -1) if inst_pooled is not None else None
+            parts = [[mean, std, inst_emb.expand(len(idx), -1, -1),
+                      inst_pooled.expand(len(idx), -1) if inst_pooled is not None else None,
+                      extra]]
             if cls_mean is not None and cls_std is not None:
                 cidx = torch.arange(step * bs, step * bs + len(idx)) % len(cls_mean)
-                mean, std = torch.cat([mean, cls_mean[cidx]]), torch.cat([std, cls_std[cidx]])
-                emb = torch.cat([emb, cls_emb.expand(len(idx), -1, -1)])
-                if pooled is not None:
-                    pooled = torch.cat([pooled, cls_pooled.expand(len(idx), -1)])
-                if extra is not None:
-                    extra = torch.cat([extra, cond["cls"][cidx]])
-            latents = mean + std * torch.randn(mean.shape, generator=gen)
-            noise = torch.randn(latents.shape, generator=gen)
-            if cfg.noise_offset:
-                noise = noise + cfg.noise_offset * torch.randn(
-                    (len(latents), latents.shape[1], 1, 1), generator=gen)
-            t = torch.randint(0, timesteps_n, (len(latents),), generator=gen)
-            latents, noise, t = latents.to(device), noise.to(device), t.to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            if extra is not None:  # mask and masked-image latents, as the inpainting pipelines
-                noisy = torch.cat([noisy, extra.to(device)], dim=1)
-            added = None
-            if pooled is not None:
-                added = {"text_embeds": pooled.to(device, dtype),
-                         "time_ids": time_ids.expand(len(pooled), -1).to(device, dtype)}
-            with autocast:
-                pred = unet(noisy.to(dtype), t, emb, added_cond_kwargs=added).sample
-            target = noise_scheduler.get_velocity(latents, noise, t) \
-                if prediction == "v_prediction" else noise
-            mse = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
-            mse = mse.mean(dim=(1, 2, 3))
-            if cfg.min_snr_gamma:
-                snr = compute_snr(noise_scheduler, t)
-                clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
-                mse = mse * (clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr)
+                cls = [cls_mean[cidx], cls_std[cidx], cls_emb.expand(len(idx), -1, -1),
+                       cls_pooled.expand(len(idx), -1) if cls_pooled is not None else None,
+                       cond["cls"][cidx] if extra is not None else None]
+                if cls[0].shape[1:] == mean.shape[1:]:  # one UNet call for both
+                    parts = [[a if a is None else torch.cat([a, b])
+                              for a, b in zip(parts[0], cls, strict=True)]]
+                else:  # an instance bucket of another shape than the square class images
+                    parts.append(cls)
+            mse = torch.cat([noise_loss(*part) for part in parts])
             loss = mse[:len(idx)].mean()
             if len(mse) > len(idx):
                 loss = loss + cfg.prior_loss_weight * mse[len(idx):].mean()
@@ -652,6 +711,8 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
                              "trainable_parameters": sum(p.numel() for p in te_params)}
                             if text_encoder is not None else {})},
         "optimizer": cfg.optimizer, "repeats": cfg.repeats,
+        "buckets": {f"{shape[-1] * vae_factor}x{shape[-2] * vae_factor}": len(m)
+                    for shape, m in buckets.items()},
         "adapter": {"path": f"{ADAPTER_DIR}/{ADAPTER_FILE}", "sha256": sha256_file(adapter)},
         "versions": _versions(),
     }
