@@ -210,3 +210,24 @@ def test_layout_options_beside_root_or_under_options() -> None:
         parse_grid({**base, "dataset": {"root": "d", "options": {"normal_dri": "good"}}})
     with pytest.raises(DiagError, match="normal_dir"):  # the layout's own check
         parse_grid({**base, "dataset": {"root": "d", "layout": "anomalib-folder"}})
+
+
+def test_paths_in_the_grid_are_relative_to_its_folder(tmp_path: Path, example_root: Path
+                                                      ) -> None:
+    """An inline method's model and adapter, and the generate section's region folder, are
+    found next to the grid file, wherever the bench is started."""
+    from diag.bench.grid import method_spec
+
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "ft" / "adapter").mkdir(parents=True)
+    (tmp_path / "runs" / "ft" / "adapter" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "drawn").mkdir()
+    grid = load_grid(grid_file(tmp_path, example_root, methods={
+        "diag-ft": {"generator": {"kind": "diffusion", "model": "./models/tiny",
+                                  "adapter": "runs/ft"}}},
+        generate={"regions": {"source": "drawn", "path": "drawn"},
+                  "defects": [{"name": "crack", "prompt": "a crack"}]}))
+    spec = method_spec(grid, "diag-ft")
+    assert spec["generator"]["model"] == str(tmp_path / "models" / "tiny")
+    assert spec["generator"]["adapter"] == str(tmp_path / "runs" / "ft")
+    assert spec["regions"]["path"] == str(tmp_path / "drawn")

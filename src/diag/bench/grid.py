@@ -328,20 +328,21 @@ def resolve(grid: Grid, value: str) -> Path:
 
 def method_spec(grid: Grid, name: str) -> dict[str, Any] | None:
     """The generate spec mapping of a method (without ``dataset``), None for real-only."""
+    from diag.generate.spec import resolve_paths
+
     method = grid.methods[name]
     if method == REAL_ONLY:
         return None
+    # paths in the grid (model, adapter, regions, textures) are relative to the grid's folder
+    base = resolve_paths(copy.deepcopy(grid.generate), Path(grid.base))
     if is_in_and_out(method):  # its parts' specs: in_and_out_parts; defects are the grid's
-        return _merge(grid.generate, {})
+        return _merge(base, {})
     if isinstance(method, str):
         path = resolve(grid, method)
-        spec = load_yaml(path)
-        from diag.generate.spec import resolve_paths
-
-        spec = resolve_paths(spec, path.parent)
+        spec = resolve_paths(load_yaml(path), path.parent)
         spec.pop("dataset", None)
-        return _merge(grid.generate, spec)
-    return _merge(grid.generate, method)
+        return _merge(base, spec)
+    return _merge(base, resolve_paths(copy.deepcopy(method), Path(grid.base)))
 
 
 def train_config(grid: Grid) -> dict[str, Any]:
