@@ -231,3 +231,21 @@ def test_paths_in_the_grid_are_relative_to_its_folder(tmp_path: Path, example_ro
     assert spec["generator"]["model"] == str(tmp_path / "models" / "tiny")
     assert spec["generator"]["adapter"] == str(tmp_path / "runs" / "ft")
     assert spec["regions"]["path"] == str(tmp_path / "drawn")
+
+
+def test_zero_shot_cells_generate_without_the_adapter(tmp_path: Path, example_root: Path
+                                                      ) -> None:
+    """A method's LoRA adapter (trained on the real positives) makes the full-shot cells'
+    set only; zero-shot cells use the pretrained model, as in-and-out does."""
+    (tmp_path / "runs" / "ft" / "adapter").mkdir(parents=True)
+    (tmp_path / "runs" / "ft" / "adapter" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    grid = load_grid(grid_file(tmp_path, example_root, methods={
+        "diag-ft": {"generator": {"kind": "diffusion", "model": "some/hub-id",
+                                  "adapter": "runs/ft", "lora_scale": 0.8}}}, seeds=[0]))
+    plan = make_plan(grid, {"root": "x"}, {"root": "y"}, "s", (64, 32))
+    by_setting = {c.setting: c.generated for c in plan.cells}
+    assert "adapter" not in by_setting["zero-shot"].spec["generator"]
+    assert "lora_scale" not in by_setting["zero-shot"].spec["generator"]
+    assert by_setting["full-shot"].spec["generator"]["adapter"] == str(tmp_path / "runs" / "ft")
+    assert by_setting["zero-shot"].folder != by_setting["full-shot"].folder
+    assert len(plan.sets) == 2

@@ -141,7 +141,7 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
                 if spec is not None and is_in_and_out(grid.methods[name]):
                     parts = in_and_out_parts(grid, name, setting)
                 else:
-                    parts = [(name, spec, 1.0)] if spec is not None else []
+                    parts = [(name, _for_setting(spec, setting), 1.0)] if spec is not None else []
                 shares = [share for _, _, share in parts]
                 tops = share_counts(top, shares) if parts else []
                 if spec is None:
@@ -171,6 +171,19 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
                     cells.append(Cell(name, setting, naug, gen_seed, train_seed, protocol, gen,
                                       config, key, tuple(made[1:])))
     return Plan(list(sets.values()), cells)
+
+
+def _for_setting(spec: dict[str, Any], setting: str) -> dict[str, Any]:
+    """A method's spec in ``setting``: zero-shot cells generate without the generator's LoRA
+    adapter (``diag finetune`` trained it on the real positives, which zero-shot must not
+    have seen); full-shot cells with it. As the in-and-out method does."""
+    generator = spec.get("generator")
+    if setting != "zero-shot" or not isinstance(generator, dict) or not generator.get("adapter"):
+        return spec
+    spec = copy.deepcopy(spec)
+    spec["generator"].pop("adapter")
+    spec["generator"].pop("lora_scale", None)
+    return spec
 
 
 def _generated_set(sets: dict[tuple[str, int, str], GeneratedSet], part: str,
