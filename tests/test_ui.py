@@ -266,6 +266,10 @@ def test_ui_end_to_end(browser, data: Path, tiny_model: Path, tmp_path: Path, cl
         page.click("#preview")
         text = _message(page)
         assert "no-such-model" in text and "Traceback" not in text
+        # the adapter field reaches the spec: a folder without an adapter is one line
+        _set_field(page, "#gen-adapter", str(tmp_path))
+        text = _message(page)
+        assert "holds no pytorch_lora_weights.safetensors" in text and "Traceback" not in text
         assert server.get("/api/state")[0] == 200
         assert not errors, errors
         assert not outside, outside  # nothing loaded from anywhere else

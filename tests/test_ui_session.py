@@ -93,3 +93,37 @@ def test_region_preview_accept_and_save(tmp_path: Path) -> None:
                    "generator": {"kind": "memseg"}})
     with pytest.raises(DiagError, match="holds samples of a different spec"):
         s.save_spec()
+
+
+def test_preview_with_a_fine_tuned_adapter(tmp_path: Path, tiny_model: Path) -> None:
+    """The page's adapter field: a `diag finetune` (mode: inpainting) folder makes other
+    candidates than the pretrained model, from the same seed, image and region; emptying the
+    field goes back to the pretrained ones."""
+    from diag.cli import main
+
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump({
+        "mode": "inpainting", "model": str(tiny_model), "item": "magnetic tile",
+        "dataset": {"root": str(REPO / "examples" / "magnetic_tile"), "layout": "magnetic-tile",
+                    "split": "train"},
+        "instance_limit": 2, "num_class_images": 2, "resolution": 64, "batch_size": 2,
+        "max_steps": 2, "lr": 1e-2, "threads": 1, "log_every": 0}))
+    assert main(["finetune", str(config), "--out", str(tmp_path / "ft")]) == 0
+    s = Session(tmp_path / "ui", data=REPO / "examples" / "magnetic_tile", layout="magnetic-tile")
+    page = {"defects": [{"name": "crack", "prompt": "sks magnetic tile", "count": 0,
+                         "region_kind": "real-masks", "region_set": "crack"}],
+            "generator": {"kind": "diffusion", "model": str(tiny_model), "steps": 2}}
+    image = s.samples()["negatives"][0].id
+
+    def candidate(adapter: str | None) -> bytes:
+        s.update_spec({**page, "generator": {**page["generator"], "adapter": adapter}})
+        c = s.preview(Job("j", "preview"), "crack", image, seeds=[7])[0]
+        return (tmp_path / "ui" / c["files"]["image"]).read_bytes()
+
+    plain = candidate(None)
+    tuned = candidate(str(tmp_path / "ft"))
+    assert tuned != plain
+    assert yaml.safe_load(s.spec_yaml())["generator"]["adapter"] == str(tmp_path / "ft")
+    assert candidate(None) == plain
+    with pytest.raises(DiagError, match="holds no pytorch_lora_weights.safetensors"):
+        s.update_spec({**page, "generator": {**page["generator"], "adapter": str(tmp_path)}})

@@ -267,6 +267,7 @@ function renderSpec(spec) {
   $("#gen-steps").value = g.steps ?? "";
   $("#gen-guidance").value = g.guidance_scale ?? "";
   $("#gen-strength").value = g.strength ?? "";
+  $("#gen-adapter").value = g.adapter || "";
   $("#spec-seed").value = spec.seed ?? 0;
   $("#gen-diffusion").hidden = $("#gen-kind").value !== "diffusion";
   renderSets();
@@ -329,6 +330,7 @@ function pageSpec() {
     for (const [key, el] of [["steps", "#gen-steps"], ["guidance_scale", "#gen-guidance"], ["strength", "#gen-strength"]]) {
       if ($(el).value !== "") generator[key] = Number($(el).value);
     }
+    generator.adapter = $("#gen-adapter").value.trim() || null;
   }
   return { defects, generator, seed: Number($("#spec-seed").value || 0) };
 }
@@ -485,7 +487,7 @@ function wire() {
     $("#defects").append(defectCard({ name: `defect${n}`, prompt: "", negative_prompt: "", count: 10, region_kind: "painted", region_set: `defect${n}` }, n - 1));
     pushSpec();
   });
-  for (const id of ["#gen-kind", "#gen-model", "#gen-steps", "#gen-guidance", "#gen-strength", "#spec-seed"]) $(id).addEventListener("change", () => pushSpec());
+  for (const id of ["#gen-kind", "#gen-model", "#gen-steps", "#gen-guidance", "#gen-strength", "#gen-adapter", "#spec-seed"]) $(id).addEventListener("change", () => pushSpec());
   $("#preview").addEventListener("click", preview);
   $("#save-spec").addEventListener("click", saveSpec);
   $("#load-spec").addEventListener("change", (e) => loadSpecFile(e.target.files[0]));
