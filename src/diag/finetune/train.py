@@ -9,7 +9,9 @@ computed once (and, with a frozen text encoder, the prompts' embeddings). Each s
 ``batch_size`` instance images and as many class images, draws noise and timesteps from one
 seeded generator, and minimises the min-SNR weighted noise prediction error (instance +
 ``prior_loss_weight`` x class). ``mode: inpainting`` trains an inpainting pipeline the same
-way on windows around the real defects, with their masks (:mod:`diag.finetune.data`).
+way on windows around the real defects, with their masks (:mod:`diag.finetune.data`). The
+model side (LoRA placement, encodings) is in :mod:`diag.finetune.model`, the files
+(run identity, checkpoints, adapter) in :mod:`diag.finetune.store`.
 
 Every ``checkpoint_every`` steps (and at the end) a checkpoint folder is written whole and then
 renamed into place: ``OUT/checkpoints/step-N/`` with the LoRA weights (safetensors) and
@@ -19,25 +21,16 @@ same command continues from it; a changed config is refused unless ``overwrite``
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from diag.device import resolve_device
-from diag.errors import DiagError, where
-from diag.files import check_folder, lock_folder, save_torch, sha256_file, write_json
-from diag.finetune.config import (
-    DEFAULT_INPAINTING_MODEL,
-    DEFAULT_MODEL,
-    Config,
-    config_dict,
-    identity,
-)
+from diag.errors import DiagError
+from diag.files import check_folder, lock_folder, sha256_file, write_json
+from diag.finetune.config import Config, config_dict, identity
 from diag.finetune.data import (
     ensure_class_images,
     inpainting_class_examples,
@@ -46,23 +39,31 @@ from diag.finetune.data import (
     load_images,
     load_instances,
 )
+from diag.finetune.model import (
+    TARGETS,
+    TEXT_TARGETS,
+    TRANSFORMER,
+    condition,
+    encode,
+    encode_each,
+    load_base,
+    lora_config,
+    mask_inputs,
+    text_embeddings,
+    text_lora_config,
+    tokens,
+    trains_text_encoder,
+)
+from diag.finetune.store import (
+    ADAPTER_DIR,
+    ADAPTER_FILE,
+    check_run,
+    latest_checkpoint,
+    save_adapter,
+    save_checkpoint,
+)
 
-RUN_FILE = "run.json"
-CKPT_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 LOG_FILE = "finetune.log"
-# kohya's networks.lora (the reference's): every linear layer and 1x1 convolution of the UNet's
-# transformer blocks; with conv_dim, also the ResNet blocks' (3x3 convolutions at conv rank)
-# and the down/up-samplers'; in the text encoder, the attention and MLP layers
-TRANSFORMER = (r".*attentions\.\d+\.(proj_in|proj_out)$"
-               r"|.*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$"
-               r"|.*transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$")
-TARGETS = (TRANSFORMER + r"|.*resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)$"
-           r"|.*(downsamplers|upsamplers)\.\d+\.conv$")
-CONV_3X3 = ("resnets\\.\\d+\\.conv1", "resnets\\.\\d+\\.conv2", "downsamplers\\.\\d+\\.conv",
-            "upsamplers\\.\\d+\\.conv")
-TEXT_TARGETS = r".*layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$"
 
 
 class _Log:
@@ -78,90 +79,6 @@ class _Log:
             fh.write(line + "\n")
         if self.echo:
             print(f"finetune: {message}", file=sys.stderr, flush=True)
-
-
-def load_base(model: str, mode: str = "text2img") -> Any:
-    """The base pipeline (hub id or local folder), in float32 on the CPU: a text-to-image one
-    for ``mode: text2img``, an inpainting one (9-channel UNet) for ``mode: inpainting``."""
-    from diffusers import DiffusionPipeline
-
-    from diag.generators.diffusion.pipeline import (
-        _from_hub,
-        check_model_folder,
-        load_error,
-        quiet_libraries,
-    )
-
-    quiet_libraries()
-    local = Path(model).expanduser()
-    inpaint = mode == "inpainting"
-    looks_local = check_model_folder(
-        model, "model", "inpainting pipeline" if inpaint else "text-to-image pipeline",
-        DEFAULT_INPAINTING_MODEL if inpaint else DEFAULT_MODEL,
-        "diag tiny-model DIR" if inpaint else "diag tiny-model DIR --kind text2img")
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        if looks_local:
-            pipe = DiffusionPipeline.from_pretrained(str(local), **kwargs)
-        else:
-            pipe = _from_hub(DiffusionPipeline, model, kwargs)
-    except Exception as exc:  # hub, network and format errors all end here
-        raise load_error(exc, model, local if looks_local else None, "the base model",
-                         "inpainting" if inpaint else "text-to-image", "model") from None
-    unet = getattr(pipe, "unet", None)
-    if inpaint:
-        if (unet is None or getattr(pipe, "text_encoder", None) is None
-                or getattr(unet.config, "in_channels", None) != 9):
-            raise DiagError(f"model '{model}' is a {type(pipe).__name__}, not an inpainting "
-                            "pipeline with a 9-channel UNet: with mode: inpainting set model to "
-                            f"one, e.g. {DEFAULT_INPAINTING_MODEL}")
-    elif (unet is None or getattr(pipe, "text_encoder", None) is None
-            or getattr(pipe, "text_encoder_2", None) is not None
-            or unet.config.in_channels != 4 or unet.config.addition_embed_type is not None):
-        raise DiagError(f"model '{model}' is a {type(pipe).__name__}: diag finetune trains "
-                        "Stable Diffusion 1.x / 2.x text-to-image pipelines (one text encoder, a "
-                        "4-channel UNet) with mode: text2img: set model to one, e.g. "
-                        f"{DEFAULT_MODEL}"
-                        + (", or set mode: inpainting" if unet is not None
-                           and unet.config.in_channels == 9 else ""))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def lora_config(cfg: Config) -> Any:
-    """peft's LoraConfig of the UNet: rank/alpha on the linear layers and 1x1 convolutions,
-    conv_rank/conv_alpha on the 3x3 convolutions (peft matches ``rank_pattern`` keys at the
-    end of module names)."""
-    from peft import LoraConfig
-
-    if cfg.conv_rank == 0:
-        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                          target_modules=TRANSFORMER)
-    pattern = dict.fromkeys(CONV_3X3, cfg.conv_rank)
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                      target_modules=TARGETS, rank_pattern=pattern,
-                      alpha_pattern=dict.fromkeys(CONV_3X3, cfg.conv_alpha))
-
-
-def text_lora_config(cfg: Config) -> Any:
-    """peft's LoraConfig of the text encoder (kohya's: attention and MLP, rank / alpha)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                      target_modules=TEXT_TARGETS)
-
-
-def _trains_text_encoder(cfg: Config, pipe: Any) -> bool:
-    """Whether the text encoder gets LoRA (``auto``: one-encoder pipelines); checks that
-    ``train_text_encoder`` and ``clip_skip`` suit the pipeline."""
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
-    if sdxl and cfg.train_text_encoder is True:
-        raise DiagError(f"train_text_encoder: true is not supported for '{cfg.model}' (SDXL: two "
-                        "text encoders): set train_text_encoder: false (or auto)")
-    if sdxl and cfg.skip != 1:
-        raise DiagError(f"clip_skip {cfg.clip_skip} does not apply to '{cfg.model}' (SDXL takes "
-                        "its text encoders' penultimate layers itself): set clip_skip: auto")
-    return bool(cfg.train_text_encoder) and not sdxl
 
 
 def _optimizer(cfg: Config, groups: list[dict[str, Any]]) -> Any:
@@ -192,101 +109,6 @@ def _precision(cfg: Config, device: str) -> tuple[Any, bool]:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mode], mode == "fp16"
 
 
-def _check_run(out: Path, cfg: Config, overwrite: bool) -> None:
-    """Refuse a changed config in a run folder (unless overwrite: then start afresh)."""
-    path = out / RUN_FILE
-    new = identity(cfg)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = None
-        if old != new and not overwrite:
-            changed = [k for k in new if not isinstance(old, dict) or old.get(k) != new[k]]
-            what = f"'{changed[0]}' was {old.get(changed[0])!r}, now {new[changed[0]]!r}" \
-                if changed and isinstance(old, dict) else "another config"
-            raise DiagError(f"--out {where(out)} holds a fine-tuning run with another config "
-                            f"({what}): rerun with the same config to resume, add --overwrite to "
-                            "start afresh, or choose another --out")
-        if old != new:
-            for name in (CKPT_DIR, ADAPTER_DIR):
-                shutil.rmtree(out / name, ignore_errors=True)
-            (out / "finetune.json").unlink(missing_ok=True)
-    write_json(path, new)
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    folder = out / CKPT_DIR
-    if not folder.is_dir():
-        return None
-    done = sorted(p for p in folder.glob("step-*") if (p / "state.pt").is_file()
-                  and (p / "lora.safetensors").is_file() and p.name[5:].isdigit())
-    return done[-1] if done else None
-
-
-def _lora_weights(model: Any) -> dict[str, Any]:
-    """A model's LoRA weights (peft's key format), float32 on the CPU."""
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().float().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(model).items()}
-
-
-def _save_checkpoint(out: Path, unet: Any, state: dict[str, Any], text_encoder: Any = None
-                     ) -> Path:
-    from safetensors.torch import save_file
-
-    folder = out / CKPT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{state['step']:07d}"
-    tmp = folder / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = {"lora.safetensors": unet}
-    if text_encoder is not None:
-        files["text_encoder_lora.safetensors"] = text_encoder
-    for name, model in files.items():
-        save_file(_lora_weights(model), str(tmp / name))
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-    save_torch(tmp / "state.pt", state)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in folder.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _save_adapter(out: Path, unet: Any, lora: Any, pipeline_class: Any,
-                  text_encoder: Any = None, text_lora: Any = None) -> Path:
-    """The adapter in diffusers form: ``OUT/adapter/pytorch_lora_weights.safetensors`` (UNet
-    and, when trained, text encoder LoRA), which the base pipeline's ``load_lora_weights``
-    loads (ranks and alphas in its metadata)."""
-    tmp = out / f".{ADAPTER_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # peft's key format (lora_A / lora_B) throughout: diffusers' conversion to its older
-    # format renames only the attention keys, and a file mixing both formats loads without
-    # its attention LoRA (silently, for SDXL and SD 1.5 alike)
-    extra: dict[str, Any] = {}
-    if text_encoder is not None:
-        extra = {"text_encoder_lora_layers": _lora_weights(text_encoder),
-                 "text_encoder_lora_adapter_metadata": text_lora.to_dict()}
-    pipeline_class.save_lora_weights(
-        tmp, unet_lora_layers=_lora_weights(unet), safe_serialization=True,
-        unet_lora_adapter_metadata=lora.to_dict(), **extra)
-    with open(tmp / ADAPTER_FILE, "rb") as fh:
-        os.fsync(fh.fileno())
-    final = out / ADAPTER_DIR
-    old = out / f".{ADAPTER_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final / ADAPTER_FILE
-
-
 def _versions() -> dict[str, str]:
     import diffusers
     import peft
@@ -299,94 +121,12 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def _encode(pipe: Any, images: Any, device: str, dtype: Any, batch: int = 8) -> tuple[Any, Any]:
-    """Mean and std of the VAE's latent distribution of each image (CPU, float32), scaled."""
-    import torch
-
-    means, stds = [], []
-    scale = pipe.vae.config.scaling_factor
-    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
-    with torch.no_grad():
-        for k in range(0, len(images), batch):
-            dist = pipe.vae.encode(images[k:k + batch].to(device, dtype)).latent_dist
-            means.append(((dist.mean.float() - shift) * scale).cpu())
-            stds.append((dist.std.float() * scale).cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
-def _condition(pipe: Any, prompt: str, device: str, resolution: int, skip: int = 1
-               ) -> tuple[Any, Any, Any]:
-    """A prompt's conditioning (CPU, float32): the text embeddings, and for SDXL UNets the
-    pooled embedding and the time ids (original size = target size = ``resolution``, no
-    crop), exactly as the SDXL pipelines build them at inference; else None, None."""
-    import torch
-
-    if getattr(pipe, "text_encoder_2", None) is None:
-        with torch.no_grad():
-            return _text_embeddings(pipe.text_encoder, _tokens(pipe, prompt).to(device),
-                                    skip).float().cpu(), None, None
-    with torch.no_grad():
-        emb, _, pooled, _ = pipe.encode_prompt(prompt=prompt, device=device,
-                                               num_images_per_prompt=1,
-                                               do_classifier_free_guidance=False)
-    unet = pipe.unet
-    n = ((unet.add_embedding.linear_1.in_features - pipe.text_encoder_2.config.projection_dim)
-         // unet.config.addition_time_embed_dim)
-    ids = [resolution, resolution, 0, 0] + ([resolution, resolution] if n == 6 else [6.0])
-    return emb.float().cpu(), pooled.float().cpu(), torch.tensor([ids], dtype=torch.float32)
-
-
 def _take(store: Any, idx: Any) -> Any:
     """Rows ``idx`` of a tensor, or items ``idx`` of a list of equally shaped tensors, as one
     tensor."""
     import torch
 
     return torch.stack([store[i] for i in idx.tolist()])
-
-
-def _encode_each(pipe: Any, images: list[Any], device: str, dtype: Any) -> tuple[
-        list[Any], list[Any]]:
-    """:func:`_encode` of images of several sizes (encoded in batches of one size)."""
-    import torch
-
-    means: list[Any] = [None] * len(images)
-    stds: list[Any] = [None] * len(images)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(images):
-        by_shape.setdefault(tuple(x.shape), []).append(i)
-    for members in by_shape.values():
-        m, s = _encode(pipe, torch.stack([images[i] for i in members]), device, dtype)
-        for j, i in enumerate(members):
-            means[i], stds[i] = m[j], s[j]
-    return means, stds
-
-
-def _mask_inputs(pipe: Any, images: Any, masks: Any, latent: int, device: str,
-                 dtype: Any) -> Any:
-    """The extra UNet inputs of inpainting (CPU, float32): the mask at latent size (a latent
-    pixel is masked when any of its pixels is: thin defects stay) and the latents of the image
-    with the mask blanked out (``image * (mask < 0.5)``, as the pipelines), concatenated."""
-    import torch
-
-    small = torch.nn.functional.adaptive_max_pool2d(masks, (latent, latent))
-    masked, _ = _encode(pipe, images * (masks < 0.5), device, dtype)
-    return torch.cat([small, masked], dim=1)
-
-
-def _tokens(pipe: Any, prompt: str) -> Any:
-    return pipe.tokenizer(prompt, padding="max_length",
-                          max_length=pipe.tokenizer.model_max_length, truncation=True,
-                          return_tensors="pt").input_ids
-
-
-def _text_embeddings(text_encoder: Any, ids: Any, skip: int) -> Any:
-    """The text encoder's output ``skip`` layers from the end (kohya's clip_skip: 1 is the
-    last layer; more takes that hidden state through the final layer norm, as kohya does)."""
-    if skip == 1:
-        return text_encoder(ids)[0]
-    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-skip]
-    # transformers 5 keeps the final layer norm on the model itself, 4.x on its text_model
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
 
 
 def finetune(cfg: Config, out: str | Path, overwrite: bool = False,
@@ -432,14 +172,14 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     device = resolve_device(cfg.device)
     dtype, use_scaler = _precision(cfg, device)
     pipe = load_base(cfg.model, cfg.mode)
-    _check_run(out, cfg, overwrite)
+    check_run(out, cfg, overwrite)
     log = _Log(out, echo=not progress)
     log(f"fine-tuning {cfg.model} on {len(samples)} instance images ('{cfg.instance_prompt}') "
         f"on {device}")
     pipe.to(device, dtype if device.startswith("cuda") else torch.float32)
     if getattr(pipe.vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16
         pipe.vae.to(torch.float32)
-    train_te = _trains_text_encoder(cfg, pipe)
+    train_te = trains_text_encoder(cfg, pipe)
     class_paths: list[Path] = []
     generated = 0
     if cfg.prior_preservation and not inpaint:
@@ -450,40 +190,40 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     np.random.seed(cfg.seed % 2**32)
     vae_dtype = pipe.vae.dtype
     if inpaint:  # windows of one size: one tensor
-        inst_mean, inst_std = _encode(pipe, inst, device, vae_dtype)
+        inst_mean, inst_std = encode(pipe, inst, device, vae_dtype)
         flip_images = inst.flip(-1)
     else:  # aspect-ratio buckets: a list, one tensor per image
         inst = load_instances([s.path for s in samples], cfg)
-        inst_mean, inst_std = _encode_each(pipe, inst, device, vae_dtype)
+        inst_mean, inst_std = encode_each(pipe, inst, device, vae_dtype)
         flip_images = [x.flip(-1) for x in inst]
     flip_mean = flip_std = None
     if cfg.random_flip:
-        flip_mean, flip_std = (_encode(pipe, flip_images, device, vae_dtype) if inpaint
-                               else _encode_each(pipe, flip_images, device, vae_dtype))
+        flip_mean, flip_std = (encode(pipe, flip_images, device, vae_dtype) if inpaint
+                               else encode_each(pipe, flip_images, device, vae_dtype))
     vae_factor = pipe.vae_scale_factor
     buckets: dict[tuple[int, ...], list[int]] = {}  # latent shape -> instance indices
     for i in range(len(samples)):
         buckets.setdefault(tuple(inst_mean[i].shape), []).append(i)
     cls_mean = cls_std = None
     if class_paths:
-        cls_mean, cls_std = _encode(pipe, load_images(class_paths, cfg), device, vae_dtype)
+        cls_mean, cls_std = encode(pipe, load_images(class_paths, cfg), device, vae_dtype)
     # inpainting: the UNet also sees the mask and the masked image's latents (9 channels)
     cond: dict[str, Any] = {}
     if inpaint:
         latent = cfg.resolution // pipe.vae_scale_factor
-        cond["inst"] = _mask_inputs(pipe, inst, inst_masks, latent, device, vae_dtype)
+        cond["inst"] = mask_inputs(pipe, inst, inst_masks, latent, device, vae_dtype)
         if cfg.random_flip:
-            cond["flip"] = _mask_inputs(pipe, inst.flip(-1), inst_masks.flip(-1), latent,
+            cond["flip"] = mask_inputs(pipe, inst.flip(-1), inst_masks.flip(-1), latent,
                                         device, vae_dtype)
         if cfg.prior_preservation:
-            cls_mean, cls_std = _encode(pipe, cls_images, device, vae_dtype)
-            cond["cls"] = _mask_inputs(pipe, cls_images, cls_masks, latent, device, vae_dtype)
-    inst_emb, inst_pooled, time_ids = _condition(pipe, cfg.instance_prompt or "", device,
+            cls_mean, cls_std = encode(pipe, cls_images, device, vae_dtype)
+            cond["cls"] = mask_inputs(pipe, cls_images, cls_masks, latent, device, vae_dtype)
+    inst_emb, inst_pooled, time_ids = condition(pipe, cfg.instance_prompt or "", device,
                                                  cfg.resolution, cfg.skip)
-    cls_emb, cls_pooled, _ = _condition(pipe, cfg.class_prompt or "", device, cfg.resolution,
+    cls_emb, cls_pooled, _ = condition(pipe, cfg.class_prompt or "", device, cfg.resolution,
                                         cfg.skip)
-    prompt_ids = torch.cat([_tokens(pipe, cfg.instance_prompt or ""),
-                            _tokens(pipe, cfg.class_prompt or "")]).to(device)
+    prompt_ids = torch.cat([tokens(pipe, cfg.instance_prompt or ""),
+                            tokens(pipe, cfg.class_prompt or "")]).to(device)
     text_encoder = pipe.text_encoder if train_te else None
 
     unet = pipe.unet
@@ -551,7 +291,7 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
     gen = torch.Generator("cpu").manual_seed(cfg.seed)
     step, losses, seconds_before, resumed_from = 0, [], 0.0, None
 
-    ckpt = _latest_checkpoint(out)
+    ckpt = latest_checkpoint(out)
     if ckpt is not None:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         set_peft_model_state_dict(unet, load_file(str(ckpt / "lora.safetensors")))
@@ -623,7 +363,7 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
             idx = batches(epoch)[k]
             if text_encoder is not None:  # the prompts through the training text encoder
                 with autocast:
-                    both = _text_embeddings(text_encoder, prompt_ids, cfg.skip)
+                    both = text_embeddings(text_encoder, prompt_ids, cfg.skip)
                 inst_emb, cls_emb = both[:1], both[1:]
             mean, std = _take(inst_mean, idx), _take(inst_std, idx)
             extra = cond["inst"][idx] if inpaint else None
@@ -676,13 +416,13 @@ def _finetune(cfg: Config, out: Path, overwrite: bool, progress: bool) -> dict[s
                 last_log = time.monotonic()
                 log(f"step {step}/{stop} loss {value:.4f} lr {scheduler.get_last_lr()[0]:.3e}")
             if step % cfg.checkpoint_every == 0 and step < stop:
-                _save_checkpoint(out, unet, state_now(), text_encoder)
+                save_checkpoint(out, unet, state_now(), text_encoder)
                 last_saved = step
     finally:
         bar.close()
     if last_saved != step:
-        _save_checkpoint(out, unet, state_now(), text_encoder)
-    adapter = _save_adapter(out, unet, lora, pipeline_class, text_encoder, text_lora)
+        save_checkpoint(out, unet, state_now(), text_encoder)
+    adapter = save_adapter(out, unet, lora, pipeline_class, text_encoder, text_lora)
     seconds = seconds_before + time.monotonic() - session_start
     result = {
         "config": config_dict(cfg),
