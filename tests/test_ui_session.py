@@ -127,3 +127,28 @@ def test_preview_with_a_fine_tuned_adapter(tmp_path: Path, tiny_model: Path) -> 
     assert candidate(None) == plain
     with pytest.raises(DiagError, match="holds no pytorch_lora_weights.safetensors"):
         s.update_spec({**page, "generator": {**page["generator"], "adapter": str(tmp_path)}})
+
+
+def test_preview_progress_moves_with_the_denoising_steps(tmp_path: Path, tiny_model: Path
+                                                         ) -> None:
+    """A diffusion preview's job advances after every denoising step, not only per candidate,
+    and the step reports change nothing: the accepted sample equals its preview."""
+
+    class Recording(Job):
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == "done":
+                seen.append(value)
+            super().__setattr__(name, value)
+
+    seen: list[object] = []
+    s = Session(tmp_path / "ui", data=REPO / "examples" / "magnetic_tile", layout="magnetic-tile")
+    s.update_spec({"defects": [{"name": "crack", "prompt": "a crack", "count": 0,
+                                "region_kind": "real-masks", "region_set": "crack"}],
+                   "generator": {"kind": "diffusion", "model": str(tiny_model), "steps": 4}})
+    image = s.samples()["negatives"][0].id
+    cands = s.preview(Recording("j", "preview"), "crack", image, seeds=[1, 2])
+    steps = [v for v in seen if v not in (0, 0.0)]
+    assert steps == sorted(steps) and steps[-1] == 2
+    assert any(0 < float(v) < 1 for v in steps) and any(1 < float(v) < 2 for v in steps)
+    assert s.generator(s.parsed()).on_step is None  # the hook is gone after the preview
+    assert s.accept(Job("a", "accept"), cands[0]["id"])["same_as_preview"]

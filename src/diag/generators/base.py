@@ -29,7 +29,7 @@ mask, and the manifest records ``mask: null``. Only that pairing may leave the m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -107,6 +107,9 @@ class Generator:
     def __init__(self, config: Any, device: str = "cpu") -> None:
         self.config = config
         self.device = device
+        # progress of a model call for displays (the web tool): called with (steps done, steps
+        # of the call) after every denoising step; never changes what is made
+        self.on_step: Callable[[int, int], None] | None = None
 
     @property
     def batch_size(self) -> int:

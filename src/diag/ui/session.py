@@ -67,7 +67,7 @@ class Job:
     id: str
     kind: str
     total: int = 0
-    done: int = 0
+    done: float = 0  # finished units; a model call in progress adds its fraction of steps
     state: str = "queued"  # queued, running, done, failed
     message: str = ""
     result: Any = None
@@ -418,7 +418,16 @@ class Session:
         for j, seed in enumerate(seeds):
             item = PlanItem(-1, f"{defect}_preview", defect, d.prompt, d.negative_prompt,
                             int(seed), source)
-            m = generate_one(gen, item, inputs)
+
+            def step(i: int, n: int, j: int = j) -> None:
+                with job.lock:
+                    job.done = j + min(i / max(n, 1), 1.0)
+
+            gen.on_step = step
+            try:
+                m = generate_one(gen, item, inputs)
+            finally:
+                gen.on_step = None
             cid = secrets.token_hex(6)
             files = self._write_candidate(cid, m)
             cand = Candidate(cid, defect, image, int(seed), snapshot, files, m.record.get("region"))

@@ -255,6 +255,14 @@ class DiffusionGenerator(Generator):
             torch.cuda.reset_peak_memory_stats(self.device)
         text = {"prompt": one([r.prompt for r in requests]),
                 "negative_prompt": one(negatives) if all(negatives) else None}
+        if self.on_step is not None:
+            report = self.on_step
+
+            def step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                report(i + 1, int(getattr(pipe, "num_timesteps", 0) or c.steps))
+                return kwargs  # unchanged: the images are those of a call without it
+
+            extra = {**extra, "callback_on_step_end": step_end}
         with torch.inference_mode():
             if self._can_cache:
                 text = self._cached_embeddings(text) or text

@@ -48,7 +48,7 @@ async function runJob(job, label, onDone) {
     for (;;) {
       const j = await api("GET", `/api/job?id=${job.id}`);
       bar.max = Math.max(1, j.total); bar.value = j.done;
-      status(`${label}: ${j.state}${j.total ? ` ${j.done}/${j.total}` : ""}`);
+      status(`${label}: ${j.state}${j.total ? ` ${Math.floor(j.done)}/${j.total}` : ""}`);
       if (j.state === "done") { status(j.message); await onDone(j.result); return j; }
       if (j.state === "failed") { status(`${label} failed`); showMessage(j.message); return j; }
       await new Promise((r) => setTimeout(r, 300));
