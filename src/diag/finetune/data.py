@@ -39,24 +39,35 @@ def instance_samples(cfg: Config) -> list[Sample]:
     return samples[:cfg.instance_limit] if cfg.instance_limit else samples
 
 
+def _unit(img: Any) -> Any:
+    """A PIL RGB image as a ``3 x H x W`` float tensor in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+    return x / 127.5 - 1.0
+
+
+def _cover(img: Any, width: int, height: int) -> Any:
+    """A PIL image resized (bicubic) to cover ``width x height``, then centre-cropped to it."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = height / h if w / h > width / height else width / w
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
 def to_tensor(arr: np.ndarray, size: int, center_crop: bool) -> Any:
     """A ``uint8`` image as a ``3 x size x size`` float tensor in [-1, 1]: the shorter side
     resized to ``size`` and centre-cropped, or the whole image resized to a square."""
-    import torch
     from PIL import Image
 
     img = Image.fromarray(to_rgb(arr))
     if center_crop:
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    else:
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return x / 127.5 - 1.0
+        return _unit(_cover(img, size, size))
+    return _unit(img.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def bucket_sizes(resolution: int, low: int, high: int, step: int) -> list[tuple[int, int]]:
@@ -80,20 +91,12 @@ def bucket_sizes(resolution: int, low: int, high: int, step: int) -> list[tuple[
 def to_bucket(arr: np.ndarray, sizes: list[tuple[int, int]]) -> Any:
     """A ``uint8`` image in the bucket of the nearest aspect ratio (kohya's way): resized to
     cover it (bicubic), centre-cropped to it; a ``3 x H x W`` float tensor in [-1, 1]."""
-    import torch
     from PIL import Image
 
     img = Image.fromarray(to_rgb(arr))
     w, h = img.size
     ratios = np.array([bw / bh for bw, bh in sizes])
-    bw, bh = sizes[int(np.argmin(np.abs(ratios - w / h)))]
-    scale = bh / h if w / h > bw / bh else bw / w
-    nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - bw) // 2, (nh - bh) // 2
-    img = img.crop((left, top, left + bw, top + bh))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return x / 127.5 - 1.0
+    return _unit(_cover(img, *sizes[int(np.argmin(np.abs(ratios - w / h)))]))
 
 
 def load_instances(paths: list[Path], cfg: Config) -> list[Any]:
@@ -201,8 +204,7 @@ def _crop_pair(image: np.ndarray, mask: np.ndarray, top: int, left: int, side: i
     from diag.imageio import resize_mask
 
     crop = to_rgb(image)[top:top + side, left:left + side]
-    img = Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+    x = _unit(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC))
     m = resize_mask(mask[top:top + side, left:left + side], (size, size))
     return x, torch.from_numpy(m.astype(np.float32))[None]
 
