@@ -39,8 +39,10 @@ def check_adapter(adapter: str | None, source: str, prefix: str) -> None:
                         "finetune first) or its adapter folder, or null for the pretrained model")
 
 
-def load_adapter(pipe: Any, adapter: str, model: str) -> Path:
-    """Load the adapter into ``pipe`` (as adapter ``diag``); returns its weights file."""
+def load_adapter(pipe: Any, adapter: str, model: str, scale: float = 1.0) -> Path:
+    """Load the adapter into ``pipe`` (as adapter ``diag``) at weight ``scale`` (its
+    ``lora_scale``: the same images as passing that scale to every call); returns its weights
+    file."""
     weights = adapter_file(adapter)
     if weights is None:
         raise DiagError(f"generator.adapter {where(Path(adapter))} holds no {ADAPTER_FILE}: run "
@@ -69,6 +71,7 @@ def load_adapter(pipe: Any, adapter: str, model: str) -> Path:
                         f"({type(exc).__name__}: {reason}): the adapter must be trained by `diag "
                         "finetune` on this model (mode: text2img for text2img, mode: inpainting "
                         "for diffusion)") from None
+    pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
     return weights
 
 

@@ -115,7 +115,7 @@ def load_text2img(config: Text2ImgConfig, device: str) -> Any:
         raise load_error(exc, config.model, local if looks_local else None,
                          "text-to-image model", "text-to-image", "generator.model") from None
     if config.adapter is not None:
-        load_adapter(pipe, config.adapter, config.model)
+        load_adapter(pipe, config.adapter, config.model, config.lora_scale)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return pipe
@@ -170,16 +170,13 @@ class Text2ImgGenerator(Generator):
         generators = [torch.Generator(self.device).manual_seed(int(r.seed) % 2**63)
                       for r in requests]
         negatives = [r.negative_prompt for r in requests]
-        extra: dict[str, Any] = {}
-        if c.adapter is not None:
-            extra["cross_attention_kwargs"] = {"scale": c.lora_scale}
         with torch.inference_mode():
             return list(self.pipe(
                 prompt=[r.prompt for r in requests],
                 negative_prompt=negatives if all(negatives) else None,
                 height=c.size, width=c.size, num_inference_steps=c.steps,
-                guidance_scale=c.guidance_scale, generator=generators, output_type="pil",
-                **extra).images)
+                guidance_scale=c.guidance_scale, generator=generators,
+                output_type="pil").images)
 
 
 def _fit(image: Any, source: np.ndarray) -> np.ndarray:

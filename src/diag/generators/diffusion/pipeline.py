@@ -145,10 +145,9 @@ def load_pipeline(config: DiffusionConfig, device: str) -> Any:
                          "inpainting", "generator.model") from None
     pipe.diag_variant = variant
     if config.adapter is not None:
-        from diag.generators.lora import ADAPTER_NAME, load_adapter
+        from diag.generators.lora import load_adapter
 
-        load_adapter(pipe, config.adapter, config.model)
-        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[config.lora_scale])
+        load_adapter(pipe, config.adapter, config.model, config.lora_scale)
     if config.scheduler:
         import diffusers
 
