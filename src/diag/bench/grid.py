@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diag.config import apply_overrides, from_dict, load_yaml
+from diag.config import apply_overrides, from_dict, load_yaml, resolve_path
 from diag.data.ref import DatasetRef
 from diag.errors import DiagError, where
 
@@ -259,27 +259,23 @@ def _check_in_and_out(method: dict[str, Any], settings: list[str], where_: str) 
                         "adapter to its OUT folder (or drop full-shot from settings)")
 
 
-def in_and_out_parts(grid: Grid, name: str, setting: str) -> list[tuple[str, dict[str, Any],
-                                                                      float]]:
-    """The generate specs an ``in-and-out`` method mixes in ``setting``: ``(part, spec,
-    share)`` for text2img (pretrained zero-shot, with the adapter full-shot) and memseg; parts
-    with share 0 are left out."""
+def in_and_out_parts(grid: Grid, name: str) -> list[tuple[str, dict[str, Any], float]]:
+    """The generate specs an ``in-and-out`` method mixes: ``(part, spec, share)`` for
+    text2img (with the method's adapter, which the bench's plan keeps for full-shot cells
+    only) and memseg; parts with share 0 are left out."""
     method = grid.methods[name]
     ratio = float(method.get("ratio", 0.5))
     t2i = {"kind": "text2img", **copy.deepcopy(method.get("text2img") or {})}
-    for key in ("model", "adapter"):  # local paths are relative to the grid
-        value = t2i.get(key)
-        if isinstance(value, str) and value.startswith((".", "/", "~")):
-            t2i[key] = str(resolve(grid, value))
-    if setting == "full-shot" and method.get("adapter"):
-        t2i["adapter"] = str(resolve(grid, method["adapter"]))
+    if method.get("adapter"):
+        t2i["adapter"] = method["adapter"]
+    base = _local(grid, grid.generate)
     parts = []
     for part, generator, share in (("text2img", t2i, ratio),
                                    ("memseg", {"kind": "memseg", **(method.get("memseg") or {})},
                                     1.0 - ratio)):
         if share <= 0:
             continue
-        spec = _merge(grid.generate, {"generator": generator})
+        spec = _merge(base, _local(grid, {"generator": generator}))
         if method.get("prompt") and isinstance(spec.get("defects"), list) and part == "text2img":
             for d in spec["defects"]:
                 d["prompt"] = method["prompt"]
@@ -322,8 +318,15 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
 
 def resolve(grid: Grid, value: str) -> Path:
     """A path of the grid, relative to its folder."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (Path(grid.base) / p).resolve()
+    return Path(resolve_path(value, Path(grid.base)))
+
+
+def _local(grid: Grid, data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of spec mapping ``data`` of the grid with its paths (model, adapter, regions,
+    textures) relative to the grid's folder."""
+    from diag.generate.spec import resolve_paths
+
+    return resolve_paths(copy.deepcopy(data), Path(grid.base))
 
 
 def method_spec(grid: Grid, name: str) -> dict[str, Any] | None:
@@ -333,8 +336,7 @@ def method_spec(grid: Grid, name: str) -> dict[str, Any] | None:
     method = grid.methods[name]
     if method == REAL_ONLY:
         return None
-    # paths in the grid (model, adapter, regions, textures) are relative to the grid's folder
-    base = resolve_paths(copy.deepcopy(grid.generate), Path(grid.base))
+    base = _local(grid, grid.generate)
     if is_in_and_out(method):  # its parts' specs: in_and_out_parts; defects are the grid's
         return _merge(base, {})
     if isinstance(method, str):
@@ -342,7 +344,7 @@ def method_spec(grid: Grid, name: str) -> dict[str, Any] | None:
         spec = resolve_paths(load_yaml(path), path.parent)
         spec.pop("dataset", None)
         return _merge(base, spec)
-    return _merge(base, resolve_paths(copy.deepcopy(method), Path(grid.base)))
+    return _merge(base, _local(grid, method))
 
 
 def train_config(grid: Grid) -> dict[str, Any]:

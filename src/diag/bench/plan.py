@@ -139,9 +139,11 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
         for protocol in grid.protocols:
             for setting in grid.settings:
                 if spec is not None and is_in_and_out(grid.methods[name]):
-                    parts = in_and_out_parts(grid, name, setting)
+                    parts = in_and_out_parts(grid, name)
                 else:
-                    parts = [(name, _for_setting(spec, setting), 1.0)] if spec is not None else []
+                    parts = [(name, spec, 1.0)] if spec is not None else []
+                parts = [(part, _for_setting(part_spec, setting), share)
+                         for part, part_spec, share in parts]
                 shares = [share for _, _, share in parts]
                 tops = share_counts(top, shares) if parts else []
                 if spec is None:
@@ -174,9 +176,9 @@ def make_plan(grid: Grid, train_ref: dict[str, Any], test_ref: dict[str, Any], s
 
 
 def _for_setting(spec: dict[str, Any], setting: str) -> dict[str, Any]:
-    """A method's spec in ``setting``: zero-shot cells generate without the generator's LoRA
-    adapter (``diag finetune`` trained it on the real positives, which zero-shot must not
-    have seen); full-shot cells with it. As the in-and-out method does."""
+    """A method's (or in-and-out part's) spec in ``setting``: zero-shot cells generate without
+    the generator's LoRA adapter (``diag finetune`` trained it on the real positives, which
+    zero-shot must not have seen); full-shot cells with it."""
     generator = spec.get("generator")
     if setting != "zero-shot" or not isinstance(generator, dict) or not generator.get("adapter"):
         return spec
