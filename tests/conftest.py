@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-sdxl-inpainting"
     assert main(["tiny-model", str(path)]) == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_text2img(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SD-1.5-architecture text-to-image pipeline (diffusers format)."""
+    from diag.cli import main
+
+    path = tmp_path_factory.mktemp("models") / "tiny-sd15"
+    assert main(["tiny-model", str(path), "--kind", "text2img"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module: a busy 2-core machine is many times faster so."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

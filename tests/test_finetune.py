@@ -4,7 +4,6 @@ pipeline and 4 real Magnetic-tile defects of the bundled example's training spli
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,6 @@ EXAMPLE = ROOT / "examples" / "magnetic_tile"
 # small and quick: 64 px, 4 instance images, 2 class images made in 2 steps, 1 CPU thread
 SMALL = {"item": "magnetic tile", "instance_limit": 4, "num_class_images": 2, "class_steps": 2,
          "resolution": 64, "batch_size": 4, "threads": 1, "log_every": 0, "repeats": 1}
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine is many times faster with one thread
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_text2img(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random SD-1.5-architecture text-to-image pipeline (diffusers format)."""
-    from diag.cli import main
-
-    path = tmp_path_factory.mktemp("models") / "tiny-sd15"
-    assert main(["tiny-model", str(path), "--kind", "text2img"]) == 0
-    return path
 
 
 def write_config(folder: Path, model: Path, **extra: Any) -> Path:

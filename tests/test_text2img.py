@@ -5,12 +5,10 @@ LoRA adapter made by ``diag finetune`` in 2 steps on CPU."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -26,25 +24,11 @@ EXAMPLE = ROOT / "examples" / "magnetic_tile"
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("t2i") / "tiny-sd15"
-    assert main(["tiny-model", str(path), "--kind", "text2img"]) == 0
-    return path
-
-
-@pytest.fixture(scope="module")
-def adapter(model: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+def adapter(tiny_text2img: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+            ) -> Path:
     """A LoRA adapter from 2 steps of diag finetune at a high learning rate."""
     folder = tmp_path_factory.mktemp("ft")
-    cfg = {"model": str(model), "dataset": {"root": str(EXAMPLE), "layout": "magnetic-tile",
+    cfg = {"model": str(tiny_text2img), "dataset": {"root": str(EXAMPLE), "layout": "magnetic-tile",
                                             "split": "train"},
            "item": "magnetic tile", "instance_limit": 2, "num_class_images": 1,
            "class_steps": 1, "resolution": 64, "batch_size": 2, "threads": 1, "log_every": 0,
@@ -68,12 +52,12 @@ def write_spec(folder: Path, model: Path, name: str = "spec.yaml", **params: obj
 
 
 @pytest.fixture(scope="module")
-def runs(model: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory,
+def runs(tiny_text2img: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory,
          one_thread: None) -> dict[str, Path]:
     """The same spec twice without the adapter, once with it."""
     folder = tmp_path_factory.mktemp("gen")
-    base = write_spec(folder, model)
-    tuned = write_spec(folder, model, "tuned.yaml", adapter=str(adapter))
+    base = write_spec(folder, tiny_text2img)
+    tuned = write_spec(folder, tiny_text2img, "tuned.yaml", adapter=str(adapter))
     out = {"a": folder / "a", "b": folder / "b", "lora": folder / "lora"}
     for key, spec in (("a", base), ("b", base), ("lora", tuned)):
         assert main(["generate", str(spec), "--out", str(out[key])]) == 0
@@ -127,13 +111,13 @@ def test_generated_folder_is_a_dataset_sheet_and_export(runs: dict[str, Path],
     assert "\n" not in str(err.value)
 
 
-def test_bad_config_is_one_line(model: Path, tmp_path: Path) -> None:
+def test_bad_config_is_one_line(tiny_text2img: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, tmp_path / "missing")
     assert main(["generate", str(spec), "--out", str(tmp_path / "o1")]) != 0
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DiagError, match="adapter .* holds no pytorch_lora_weights") as err:
-        load_spec(write_spec(tmp_path, model, "bad.yaml", adapter=str(empty)))
+        load_spec(write_spec(tmp_path, tiny_text2img, "bad.yaml", adapter=str(empty)))
     assert "\n" not in str(err.value)
     from diag.generators.text2img import Text2ImgConfig, load_text2img
 
@@ -200,7 +184,7 @@ def test_naug_shares_nested(runs: dict[str, Path]) -> None:
     assert json.dumps(sorted(it.key for it in generated_items(folders, 1, 0, [1.0, 0.0])))
 
 
-def test_bench_runs_in_and_out_end_to_end(model: Path, adapter: Path, tmp_path: Path,
+def test_bench_runs_in_and_out_end_to_end(tiny_text2img: Path, adapter: Path, tmp_path: Path,
                                           one_thread: None) -> None:
     """Both settings of in-and-out through generate, train and evaluate: the mixed cell
     trains on text2img and memseg positives at the ratio."""
@@ -212,7 +196,7 @@ def test_bench_runs_in_and_out_end_to_end(model: Path, adapter: Path, tmp_path: 
                          "defects": [{"name": "crack", "prompt": "a crack"}]},
             "methods": {"in-and-out": {"kind": "in-and-out", "ratio": 0.5,
                                        "prompt": "sks magnetic tile", "adapter": str(adapter),
-                                       "text2img": {"model": str(model), "size": 64,
+                                       "text2img": {"model": str(tiny_text2img), "size": 64,
                                                     "steps": 2}}},
             "settings": ["zero-shot", "full-shot"], "naug": [4], "seeds": [0],
             "train": {"model": {"backbone": "resnet18", "pretrained": "none"},
