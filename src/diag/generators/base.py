@@ -107,8 +107,9 @@ class Generator:
     def __init__(self, config: Any, device: str = "cpu") -> None:
         self.config = config
         self.device = device
-        # progress of a model call for displays (the web tool): called with (steps done, steps
-        # of the call) after every denoising step; never changes what is made
+        # progress of a model call for displays (the web tool): the diffusion generator calls it
+        # with (steps done, steps of the call) after every denoising step; others do not call
+        # it. It never changes what is made
         self.on_step: Callable[[int, int], None] | None = None
 
     @property
